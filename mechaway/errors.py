@@ -1,0 +1,61 @@
+"""One exception root for everything mechaway raises on purpose.
+
+Library errors are re-raised at the driver boundary as one of these, with
+``raise ... from err`` so the cause stays visible in logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class MechawayError(Exception):
+    """Root of every error mechaway raises deliberately."""
+
+
+class ConfigError(MechawayError):
+    """The daemon configuration (TOML file or environment) is invalid."""
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """One located problem in a document: ``where`` is a dotted path, ``message`` the why."""
+
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+
+class FlowError(MechawayError):
+    """A flow document is invalid; carries every located issue found."""
+
+    def __init__(self, issues: list[Issue], source: str = "") -> None:
+        self.issues = issues
+        self.source = source
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        prefix = f"{self.source}: " if self.source else ""
+        return "\n".join(f"{prefix}{issue}" for issue in self.issues)
+
+
+class NodeError(MechawayError):
+    """A node failed to process a message (raised inside a node, counted by the engine)."""
+
+
+class NotConnected(MechawayError):
+    """A driver was asked to do I/O while its connection is down."""
+
+
+class SandboxError(NodeError):
+    """User logic (Lua, WASM) broke a sandbox limit or failed."""
+
+
+class LimitExceeded(SandboxError):
+    """User logic ran past its instruction/fuel budget, wall time or memory cap."""
+
+
+class StoreError(MechawayError):
+    """The SQLite store could not be opened or written."""
