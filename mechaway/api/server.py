@@ -1,0 +1,185 @@
+"""The local admin HTTP API (aiohttp) under ``/api/v1``.
+
+With a token configured, every call but ``GET health`` needs ``Authorization: Bearer``;
+without one the daemon only listens on loopback (enforced by the settings).
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from mechaway import __version__
+from mechaway.errors import FlowError, Issue
+from mechaway.flow.parse import parse_text
+from mechaway.nodes.registry import node_types, params_schema
+from mechaway.runtime.manager import FlowManager
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+StatusFn = Callable[[], dict[str, Any]]
+
+PREFIX = "/api/v1"
+MANAGER: web.AppKey[FlowManager] = web.AppKey("manager", FlowManager)
+STATUS: web.AppKey[StatusFn] = web.AppKey("status", Callable)  # type: ignore[arg-type]
+TOKEN: web.AppKey[str | None] = web.AppKey("token", str)
+STARTED: web.AppKey[float] = web.AppKey("started", float)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data, default=str), status=status, content_type="application/json"
+    )
+
+
+def _error(status: int, message: str, issues: list[Issue] | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if issues is not None:
+        body["issues"] = [{"where": i.where, "message": i.message} for i in issues]
+    return _json(body, status)
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Token check, and turning every failure into a JSON error (never a traceback page)."""
+    token = request.app[TOKEN]
+    if token and request.path != f"{PREFIX}/health":
+        got = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
+            return _error(401, "missing or wrong bearer token")
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return _error(exc.status, exc.reason)
+        raise
+    except FlowError as err:
+        return _error(400, "invalid flow", err.issues)
+
+
+async def _body(request: web.Request) -> Any:
+    """Decode a JSON (or YAML, by content type) body; a 400 FlowError when it is not."""
+    data = await request.read()
+    fmt = "yaml" if "yaml" in (request.content_type or "") else "json"
+    return parse_text(data, fmt=fmt, source="request body")
+
+
+async def health(request: web.Request) -> web.Response:
+    return _json(
+        {
+            "status": "ok",
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - request.app[STARTED], 3),
+        }
+    )
+
+
+async def list_flows(request: web.Request) -> web.Response:
+    mgr = request.app[MANAGER]
+    running = mgr.engine.flows
+    out = []
+    for rev in mgr.store.active():
+        rf = running.get(rev.flow_id)
+        out.append(
+            {
+                "id": rev.flow_id,
+                "name": rev.doc.get("name", ""),
+                "rev": rev.rev,
+                "source": rev.source,
+                "running": rf is not None,
+                "disabled": bool(rev.doc.get("disabled", False)),
+            }
+        )
+    return _json(out)
+
+
+def _flow_id(request: web.Request) -> str:
+    return request.match_info["flow_id"]
+
+
+async def get_flow(request: web.Request) -> web.Response:
+    mgr = request.app[MANAGER]
+    fid = _flow_id(request)
+    rev = mgr.store.active_rev(fid)
+    revision = mgr.store.get(fid, rev) if rev is not None else None
+    if revision is None:
+        return _error(404, f"no flow {fid!r}")
+    return _json({"rev": revision.rev, "source": revision.source, "flow": revision.doc})
+
+
+async def put_flow(request: web.Request) -> web.Response:
+    fid = _flow_id(request)
+    raw = await _body(request)
+    if isinstance(raw, dict):
+        raw.setdefault("id", fid)
+        if raw["id"] != fid:
+            raise FlowError([Issue("id", f"{raw['id']!r} does not match the URL's {fid!r}")])
+    result = await request.app[MANAGER].deploy(raw, "api", origin=f"PUT {request.path}")
+    return _json(result.as_dict(), 201 if result.new_revision else 200)
+
+
+async def delete_flow(request: web.Request) -> web.Response:
+    fid = _flow_id(request)
+    if not await request.app[MANAGER].delete(fid):
+        return _error(404, f"no flow {fid!r}")
+    return _json({"id": fid, "deleted": True})
+
+
+async def revisions(request: web.Request) -> web.Response:
+    fid = _flow_id(request)
+    mgr = request.app[MANAGER]
+    history = mgr.store.history(fid)
+    if not history:
+        return _error(404, f"no flow {fid!r}")
+    active = mgr.store.active_rev(fid)
+    return _json([{**r.summary(), "active": r.rev == active} for r in history])
+
+
+async def rollback(request: web.Request) -> web.Response:
+    body = await _body(request)
+    rev = body.get("rev") if isinstance(body, dict) else None
+    if not isinstance(rev, int) or isinstance(rev, bool):
+        raise FlowError([Issue("rev", "expected an integer revision number")])
+    result = await request.app[MANAGER].rollback(_flow_id(request), rev)
+    return _json(result.as_dict())
+
+
+async def status(request: web.Request) -> web.Response:
+    return _json(request.app[STATUS]())
+
+
+async def schema(request: web.Request) -> web.Response:
+    name = request.match_info.get("type")
+    if name:
+        try:
+            return _json(params_schema(name))
+        except KeyError:
+            return _error(404, f"unknown node type {name!r}")
+    return _json({n: params_schema(n) for n in node_types()})
+
+
+def make_app(
+    manager: FlowManager, status_fn: StatusFn, *, token: str | None, max_body: int
+) -> web.Application:
+    """The admin API application."""
+    app = web.Application(middlewares=[_guard], client_max_size=max_body)
+    app[MANAGER] = manager
+    app[STATUS] = status_fn
+    app[TOKEN] = token
+    app[STARTED] = time.monotonic()
+    r = app.router
+    r.add_get(f"{PREFIX}/health", health)
+    r.add_get(f"{PREFIX}/flows", list_flows)
+    r.add_get(f"{PREFIX}/flows/{{flow_id}}", get_flow)
+    r.add_put(f"{PREFIX}/flows/{{flow_id}}", put_flow)
+    r.add_delete(f"{PREFIX}/flows/{{flow_id}}", delete_flow)
+    r.add_get(f"{PREFIX}/flows/{{flow_id}}/revisions", revisions)
+    r.add_post(f"{PREFIX}/flows/{{flow_id}}/rollback", rollback)
+    r.add_get(f"{PREFIX}/status", status)
+    r.add_get(f"{PREFIX}/schema", schema)
+    r.add_get(f"{PREFIX}/schema/{{type}}", schema)
+    return app

@@ -1,0 +1,255 @@
+"""The ``mechaway`` command. User mistakes get one clear line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from mechaway import __version__
+from mechaway.errors import ConfigError, FlowError, MechawayError, StoreError
+
+
+class CliError(MechawayError):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from mechaway.settings import load_settings
+
+    return load_settings(args.config)
+
+
+# -- talking to the daemon --------------------------------------------------------------------
+class Api:
+    """A tiny blocking client of the admin API (stdlib only: the CLI stays light)."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"{self.url}/api/v1{path}", data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as err:
+            try:
+                payload = json.loads(err.read() or b"{}")
+            except ValueError:
+                payload = {}
+            if err.code == 401:
+                raise CliError(
+                    "the daemon refused the token (set --token or MECHAWAY_API_TOKEN)"
+                ) from err
+            if err.code == 400 and "issues" in payload:
+                from mechaway.errors import Issue
+
+                issues = [Issue(i["where"], i["message"]) for i in payload["issues"]]
+                raise FlowError(issues) from err
+            raise CliError(payload.get("error") or f"HTTP {err.code}") from err
+        except urllib.error.URLError as err:
+            raise CliError(
+                f"daemon not reachable at {self.url} ({err.reason}); is it running?"
+            ) from err
+        except (TimeoutError, ConnectionError) as err:
+            raise CliError(f"daemon at {self.url} did not answer ({err})") from err
+
+
+def _api(args: argparse.Namespace) -> Api:
+    url, token = args.url, args.token
+    if url is None or token is None:
+        settings = _settings(args)
+        if url is None:
+            from mechaway.settings import parse_listen
+
+            host, port = parse_listen(settings.api.listen)
+            host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+            url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+        token = token if token is not None else settings.api.token
+    return Api(url, token)
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_start(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from mechaway.daemon import Daemon, run, setup_logging
+
+    settings = _settings(args)
+    if args.data_dir:
+        settings = msgspec.structs.replace(
+            settings, device=msgspec.structs.replace(settings.device, data_dir=args.data_dir)
+        )
+    if args.listen:
+        from mechaway.settings import is_loopback, parse_listen
+
+        host, _ = parse_listen(args.listen)
+        if not settings.api.token and not is_loopback(host):
+            raise ConfigError(f"--listen: refusing to listen on {host} without api.token")
+        settings = msgspec.structs.replace(
+            settings, api=msgspec.structs.replace(settings.api, listen=args.listen)
+        )
+    setup_logging(settings.log.level)
+    flows_dir = Path(args.flows) if args.flows else None
+
+    async def main() -> int:
+        return await Daemon(settings, flows_dir=flows_dir).serve()
+
+    return run(main)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from mechaway.flow.parse import read_file
+    from mechaway.flow.validate import validate
+
+    _load_plugins()
+    bad = 0
+    for name in args.files:
+        try:
+            validate(read_file(Path(name)), source=name)
+        except FlowError as err:
+            print(err.render(), file=sys.stderr)
+            bad += 1
+        else:
+            print(f"{name}: ok")
+    return 1 if bad else 0
+
+
+def _load_plugins() -> None:
+    """Entry-point node types, so validation knows third-party types too."""
+    from mechaway.nodes import plugins
+
+    plugins.load_entry_points()
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from mechaway.nodes.registry import node_types, params_schema
+
+    _load_plugins()
+    if args.type:
+        try:
+            _print(params_schema(args.type))
+        except KeyError:
+            raise CliError(
+                f"unknown node type {args.type!r} (known: {', '.join(node_types())})"
+            ) from None
+    else:
+        _print({name: params_schema(name) for name in node_types()})
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    _print(_api(args).call("GET", "/status"))
+    return 0
+
+
+def cmd_flows(args: argparse.Namespace) -> int:
+    api = _api(args)
+    action = args.action
+    if action == "list":
+        flows = api.call("GET", "/flows")
+        if not flows:
+            print("no flows")
+        for f in flows:
+            state = "running" if f["running"] else ("disabled" if f["disabled"] else "stopped")
+            print(f"{f['id']:<24} rev {f['rev']:<4} {state:<8} {f['source']:<8} {f['name']}")
+    elif action == "show":
+        _print(api.call("GET", f"/flows/{args.id}"))
+    elif action == "deploy":
+        from mechaway.flow.parse import read_file
+
+        doc = read_file(Path(args.file))
+        fid = doc.get("id") if isinstance(doc, dict) else None
+        if not isinstance(fid, str) or not fid:
+            raise FlowError([_issue("id", "missing flow id")], args.file)
+        result = api.call("PUT", f"/flows/{fid}", doc)
+        print(
+            f"{fid}: deployed rev {result['rev']}{'' if result['new_revision'] else ' (unchanged)'}"
+        )
+    elif action == "delete":
+        api.call("DELETE", f"/flows/{args.id}")
+        print(f"{args.id}: deleted")
+    elif action == "history":
+        for r in api.call("GET", f"/flows/{args.id}/revisions"):
+            mark = "*" if r["active"] else " "
+            print(f"{mark} rev {r['rev']:<4} {r['source']:<8} {r['created_at']}")
+    elif action == "rollback":
+        result = api.call("POST", f"/flows/{args.id}/rollback", {"rev": args.rev})
+        print(f"{args.id}: rolled back to rev {args.rev} (now rev {result['rev']})")
+    return 0
+
+
+def _issue(where: str, message: str) -> Any:
+    from mechaway.errors import Issue
+
+    return Issue(where, message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mechaway", description=__doc__)
+    p.add_argument("--version", action="version", version=f"mechaway {__version__}")
+    p.add_argument("--config", "-c", help="config file (default: $MECHAWAY_CONFIG or built-in)")
+    p.add_argument("--url", help="admin API URL (default: from the config's api.listen)")
+    p.add_argument("--token", help="admin API token (default: api.token / MECHAWAY_API_TOKEN)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("start", help="run the daemon in the foreground")
+    s.add_argument("--flows", help="directory of flow files to watch (overrides flows.dir)")
+    s.add_argument("--data-dir", help="where the SQLite file lives (overrides device.data_dir)")
+    s.add_argument("--listen", help="admin API host:port (overrides api.listen)")
+    s.set_defaults(fn=cmd_start)
+
+    v = sub.add_parser("validate", help="check flow files; exit 1 with located errors")
+    v.add_argument("files", nargs="+")
+    v.set_defaults(fn=cmd_validate)
+
+    sc = sub.add_parser("schema", help="JSON Schema of node params (all, or one type)")
+    sc.add_argument("type", nargs="?")
+    sc.set_defaults(fn=cmd_schema)
+
+    st = sub.add_parser("status", help="per flow and node counters from the running daemon")
+    st.set_defaults(fn=cmd_status)
+
+    f = sub.add_parser("flows", help="manage flows on the running daemon")
+    fs = f.add_subparsers(dest="action", required=True)
+    fs.add_parser("list")
+    for name in ("show", "delete", "history"):
+        fs.add_parser(name).add_argument("id")
+    fs.add_parser("deploy").add_argument("file")
+    rb = fs.add_parser("rollback")
+    rb.add_argument("id")
+    rb.add_argument("rev", type=int)
+    f.set_defaults(fn=cmd_flows)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.fn(args)
+    except FlowError as err:
+        print(err.render(), file=sys.stderr)
+        return 1
+    except (CliError, ConfigError, StoreError) as err:
+        print(f"mechaway: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Composition root: event loop, signals, sd_notify, store, engine, watcher, API, drivers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from mechaway import __version__
+from mechaway.nodes.context import Services
+from mechaway.runtime.engine import Engine
+from mechaway.runtime.manager import FlowDirWatcher, FlowManager
+from mechaway.settings import Settings, parse_listen
+from mechaway.store.db import Database
+from mechaway.store.flows import FlowStore
+
+log = logging.getLogger("mechaway.daemon")
+
+
+def setup_logging(level: str) -> None:
+    """Plain lines on stderr; journald adds its own timestamps under systemd."""
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if "JOURNAL_STREAM" not in os.environ:
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(addr)
+        s.sendall(state.encode())
+
+
+def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run ``main`` on uvloop where it is installed (not on armv7), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main())
+    return uvloop.run(main())
+
+
+class Daemon:
+    """One mechaway daemon: everything it owns is started and stopped here."""
+
+    def __init__(self, settings: Settings, *, flows_dir: Path | None = None) -> None:
+        self.settings = settings
+        self.flows_dir = flows_dir or (
+            Path(settings.flows.dir).expanduser() if settings.flows.dir else None
+        )
+        self.db = Database(settings.db_path)
+        self.store = FlowStore(self.db)
+        self.services = Services(
+            device_id=settings.device.id, data_dir=settings.data_dir, store=self.db
+        )
+        self.engine = Engine(self.services, stop_timeout=settings.engine.stop_timeout)
+        self.manager = FlowManager(self.engine, self.store)
+        self.watcher: FlowDirWatcher | None = None
+        self._runner: Any = None
+        self._stop = asyncio.Event()
+        self._started = time.monotonic()
+        self.listen_port: int | None = None
+        self._drivers: dict[tuple[str, str], Any] = {}
+
+    # -- status -----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return {
+            "device": self.settings.device.id,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self._started, 3),
+            "flows": self.engine.status(),
+            "flow_file_errors": self.watcher.errors() if self.watcher else {},
+            "connections": {
+                f"{kind}.{name}": drv.status() for (kind, name), drv in self._drivers.items()
+            },
+            "store": self.db.stats(),
+        }
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.db.open()
+        await self.manager.start_stored()
+        if self.flows_dir is not None:
+            self.flows_dir.mkdir(parents=True, exist_ok=True)
+            self.watcher = FlowDirWatcher(
+                self.manager, self.flows_dir, self.settings.flows.poll_interval
+            )
+            await self.watcher.start()
+        if self.settings.api.enabled:
+            await self._start_api()
+        log.info(
+            "mechaway %s ready: device %s, %d flow(s), data in %s, api %s",
+            __version__,
+            self.settings.device.id,
+            len(self.engine.flows),
+            self.settings.data_dir,
+            self.settings.api.listen if self.settings.api.enabled else "off",
+        )
+
+    async def _start_api(self) -> None:
+        from aiohttp import web
+
+        from mechaway.api.server import make_app
+
+        api = self.settings.api
+        app = make_app(self.manager, self.status, token=api.token, max_body=api.max_body_bytes)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        host, port = parse_listen(api.listen)
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.listen_port = sockets[0].getsockname()[1] if sockets else port
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def reload(self) -> None:
+        log.info("SIGHUP: rescanning flows")
+        if self.watcher is not None:
+            self.watcher.nudge()
+
+    async def shutdown(self) -> None:
+        """Stop sources first, drain sinks (bounded), close drivers, flush the store."""
+        sd_notify("STOPPING=1")
+        log.info("stopping")
+        if self.watcher is not None:
+            await self.watcher.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.engine.stop()
+        for key, drv in list(self._drivers.items()):
+            try:
+                await drv.close()
+            except Exception:
+                log.exception("closing %s.%s failed", *key)
+        self._drivers.clear()
+        await self.db.close()
+        log.info("stopped")
+
+    async def serve(self) -> int:
+        """Run until SIGTERM/SIGINT; SIGHUP rescans the flows dir."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            await self.start()
+        except BaseException:
+            await self.shutdown()
+            raise
+        sd_notify("READY=1")
+        await self._stop.wait()
+        await self.shutdown()
+        return 0

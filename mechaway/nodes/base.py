@@ -1,0 +1,195 @@
+"""The node contract every built-in and plugin node type follows.
+
+A node type is a ``Node`` subclass with a ``Params`` struct (typed, defaulted, strict) and a
+``@register_node("SomethingNode")`` decorator. The struct is the validator, the JSON Schema
+and the documentation at once.
+
+Kinds:
+- ``source``: has no input; produces messages from a task or timer via ``self.emit``.
+- ``pure``: ``process(msg)`` is a synchronous call on the hot path. It returns ``None``
+  (drop), a message, or a list of ``(port, message)`` pairs. It never mutates ``msg``.
+- ``sink``: does I/O. The engine gives it a bounded queue with a declared overflow policy
+  and one writer task that awaits ``write(msg)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+
+import msgspec
+
+if TYPE_CHECKING:
+    from mechaway.nodes.context import NodeContext
+
+Message = dict[str, Any]
+Result = Message | list[tuple[str, Message]] | None
+
+
+class Emit(Protocol):
+    """How a node sends a message on: ``self.emit(msg)`` or ``self.emit(msg, "port")``."""
+
+    def __call__(self, msg: Message, port: str = "out", /) -> None: ...
+
+
+log = logging.getLogger("mechaway.nodes")
+
+
+class NodeStats:
+    """Per-node counters the engine keeps (and shows in status); nodes may count drops."""
+
+    __slots__ = ("dropped", "errors", "inp", "last_error", "last_error_ts", "out")
+
+    def __init__(self) -> None:
+        self.inp = 0
+        self.out = 0
+        self.errors = 0
+        self.dropped = 0
+        self.last_error = ""
+        self.last_error_ts = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "in": self.inp,
+            "out": self.out,
+            "errors": self.errors,
+            "dropped": self.dropped,
+            "last_error": self.last_error or None,
+            "last_error_ts": self.last_error_ts or None,
+        }
+
+
+class NodeParams(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base for node params: unknown keys are errors, every field is keyword-only."""
+
+
+class NoParams(NodeParams):
+    """For node types that take no params."""
+
+
+Overflow = Literal["drop_oldest", "drop_new", "block"]
+
+
+class SinkParams(NodeParams):
+    """Params every sink has: its queue bound and what happens when the queue is full.
+
+    ``block`` makes the flow's sources wait for room (backpressure reaches the producer,
+    e.g. an MQTT QoS 1 PUBACK is delayed); the drop policies count every drop.
+    """
+
+    queue_size: int = msgspec.field(default=1000)
+    overflow: Overflow = "drop_oldest"
+
+    def __post_init__(self) -> None:
+        if self.queue_size < 1:
+            raise ValueError("queue_size must be >= 1")
+
+
+async def _no_wait() -> None:
+    return None
+
+
+def _unbound_emit(msg: Message, port: str = "out") -> None:
+    raise RuntimeError("node is not deployed: emit is not bound")
+
+
+class Node:
+    """Base class of every node type. Subclasses set ``Params`` and override what they need."""
+
+    type_name: ClassVar[str] = ""
+    Params: ClassVar[type[NodeParams]] = NoParams
+    kind: ClassVar[Literal["source", "pure", "sink"]] = "pure"
+    ports: ClassVar[tuple[str, ...]] = ("out",)
+    #: True when the node keeps state worth persisting (``persist: true`` in its params)
+    stateful: ClassVar[bool] = False
+
+    def __init__(self, node_id: str, params: Any, ctx: NodeContext) -> None:
+        self.id = node_id
+        self.params = params
+        self.ctx = ctx
+        #: bound by the engine to route a message from this node's output port
+        self.emit: Emit = _unbound_emit
+        #: bound by the engine: sources await it before emitting so ``block`` sinks push back
+        self.room: Callable[[], Awaitable[None]] = _no_wait
+        #: the engine's counters for this node (kept across hot swaps)
+        self.stats = NodeStats()
+
+    # -- declared shape -------------------------------------------------------------------
+    @classmethod
+    def output_ports(cls, params: Any) -> tuple[str, ...]:
+        """Ports this node can emit on with these params (``error`` is always allowed)."""
+        return cls.ports
+
+    @classmethod
+    def check(cls, params: Any) -> list[str]:
+        """Deploy-time checks beyond the schema (e.g. compile a script). Return problems."""
+        return []
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Acquire resources, start tasks. Called before the node receives messages."""
+
+    async def stop(self) -> None:
+        """Release resources. Idempotent; bounded by the engine's stop timeout."""
+
+    # -- the hot path ---------------------------------------------------------------------
+    def process(self, msg: Message) -> Result:
+        """Pure nodes: transform one message. Default passes it through."""
+        return msg
+
+    async def write(self, msg: Message) -> Result:
+        """Sinks: perform the I/O for one message; may return a result to route onwards."""
+        return None
+
+    # -- state ----------------------------------------------------------------------------
+    def get_state(self) -> Any:
+        """JSON-compatible state for persistence (``None``: nothing to keep)."""
+        return None
+
+    def set_state(self, state: Any) -> None:
+        """Restore what ``get_state`` returned earlier."""
+
+    def status(self) -> dict[str, Any] | None:
+        """Extra node-specific figures for ``GET /api/v1/status`` (``None``: nothing)."""
+        return None
+
+
+class SourceNode(Node):
+    """A node with no input that emits messages from a task or timer."""
+
+    kind: ClassVar[Literal["source", "pure", "sink"]] = "source"
+
+
+class SinkNode(Node):
+    """A node that does I/O behind a bounded queue (params derive from ``SinkParams``)."""
+
+    kind: ClassVar[Literal["source", "pure", "sink"]] = "sink"
+    Params: ClassVar[type[NodeParams]] = SinkParams
+    ports: ClassVar[tuple[str, ...]] = ()
+
+
+def now() -> float:
+    """Wall-clock epoch seconds, the ``ts`` of new messages."""
+    return time.time()
+
+
+def get_path(obj: Any, keys: tuple[str | int, ...], default: Any = None) -> Any:
+    """Follow ``keys`` into nested dicts/lists; ``default`` where the path does not exist."""
+    for k in keys:
+        try:
+            obj = obj[k]
+        except (KeyError, IndexError, TypeError):
+            return default
+    return obj
+
+
+def split_path(path: str) -> tuple[str | int, ...]:
+    """``"payload.values[2].x"`` -> ``("payload", "values", 2, "x")``."""
+    out: list[str | int] = []
+    for part in path.replace("]", "").replace("[", ".").split("."):
+        if part == "":
+            continue
+        out.append(int(part) if part.lstrip("-").isdigit() else part)
+    return tuple(out)

@@ -1,0 +1,103 @@
+"""Conditions shared by RouteNode and FilterNode (Node-RED switch-like operators)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, Literal
+
+import msgspec
+
+from mechaway.nodes.base import Message, get_path, split_path
+
+Op = Literal[
+    "eq",
+    "neq",
+    "lt",
+    "lte",
+    "gt",
+    "gte",
+    "between",
+    "contains",
+    "regex",
+    "true",
+    "false",
+    "null",
+    "nnull",
+    "exists",
+    "else",
+]
+Predicate = Callable[[Message], bool]
+
+_MISSING = object()
+
+
+class Condition(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``property`` (a dotted path into the message) compared by ``op`` with ``value``."""
+
+    property: str = "payload"
+    op: Op
+    value: Any = None
+    value2: Any = None
+
+    def __post_init__(self) -> None:
+        if self.op in ("lt", "lte", "gt", "gte") and not _is_num(self.value):
+            raise ValueError(f"op {self.op!r} needs a numeric value")
+        if self.op == "between" and not (_is_num(self.value) and _is_num(self.value2)):
+            raise ValueError("op 'between' needs numeric value and value2")
+        if self.op == "regex":
+            if not isinstance(self.value, str):
+                raise ValueError("op 'regex' needs a string value")
+            try:
+                re.compile(self.value)
+            except re.error as err:
+                raise ValueError(f"bad regex: {err}") from err
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def compile_condition(c: Condition) -> Predicate:
+    """A fast predicate for one condition; a missing property never matches (but ``else``)."""
+    keys = split_path(c.property)
+    v, v2 = c.value, c.value2
+
+    def get(msg: Message) -> Any:
+        return get_path(msg, keys, _MISSING)
+
+    def num(x: Any) -> bool:
+        return isinstance(x, int | float) and not isinstance(x, bool)
+
+    op = c.op
+    if op == "else":
+        return lambda msg: True
+    if op == "eq":
+        return lambda msg: get(msg) == v
+    if op == "neq":
+        return lambda msg: (x := get(msg)) is not _MISSING and x != v
+    if op == "gt":
+        return lambda msg: num(x := get(msg)) and x > v
+    if op == "gte":
+        return lambda msg: num(x := get(msg)) and x >= v
+    if op == "lt":
+        return lambda msg: num(x := get(msg)) and x < v
+    if op == "lte":
+        return lambda msg: num(x := get(msg)) and x <= v
+    if op == "between":
+        lo, hi = min(v, v2), max(v, v2)
+        return lambda msg: num(x := get(msg)) and lo <= x <= hi
+    if op == "contains":
+        return lambda msg: isinstance(x := get(msg), str | list | dict) and v in x
+    if op == "regex":
+        rx = re.compile(v)
+        return lambda msg: isinstance(x := get(msg), str) and rx.search(x) is not None
+    if op == "true":
+        return lambda msg: get(msg) is True
+    if op == "false":
+        return lambda msg: get(msg) is False
+    if op == "null":
+        return lambda msg: get(msg) is None
+    if op == "nnull":
+        return lambda msg: (x := get(msg)) is not None and x is not _MISSING
+    return lambda msg: get(msg) is not _MISSING  # exists

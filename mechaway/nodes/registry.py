@@ -1,0 +1,109 @@
+"""Node types registered by name: built-ins, entry-point plugins and WASM node packs."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+
+from mechaway.errors import MechawayError
+from mechaway.nodes.base import Node
+
+log = logging.getLogger("mechaway.nodes")
+
+N = TypeVar("N", bound=type[Node])
+
+_TYPES: dict[str, type[Node]] = {}
+_ORIGIN: dict[str, str] = {}
+
+#: modules holding the built-in node types, imported on first use of the registry
+BUILTIN_MODULES = (
+    "mechaway.nodes.inject",
+    "mechaway.nodes.transform",
+    "mechaway.nodes.timing",
+    "mechaway.nodes.debug",
+)
+
+
+class DuplicateNodeType(MechawayError):
+    """Two node types claim the same name."""
+
+
+def register_node(name: str, *, origin: str = "") -> Callable[[N], N]:
+    """Class decorator: register a ``Node`` subclass under ``name`` (fails on duplicates)."""
+
+    def deco(cls: N) -> N:
+        if not name or not name.isidentifier():
+            raise ValueError(f"node type name {name!r} must be an identifier")
+        existing = _TYPES.get(name)
+        if existing is not None and existing is not cls:
+            raise DuplicateNodeType(
+                f"node type {name!r} is already registered by {_ORIGIN.get(name, '?')}"
+            )
+        cls.type_name = name
+        _TYPES[name] = cls
+        _ORIGIN[name] = origin or cls.__module__
+        return cls
+
+    return deco
+
+
+def unregister_node(name: str) -> None:
+    """Remove a node type (used when a plugin pack is removed)."""
+    _TYPES.pop(name, None)
+    _ORIGIN.pop(name, None)
+
+
+_loaded = False
+
+
+def _ensure_builtins() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for mod in BUILTIN_MODULES:
+        importlib.import_module(mod)
+
+
+def get_node_type(name: str) -> type[Node] | None:
+    """The class registered as ``name``, or ``None``."""
+    _ensure_builtins()
+    return _TYPES.get(name)
+
+
+def node_types() -> dict[str, type[Node]]:
+    """Every registered node type by name (a copy)."""
+    _ensure_builtins()
+    return dict(sorted(_TYPES.items()))
+
+
+def origin(name: str) -> str:
+    """Where a node type came from (module or plugin)."""
+    return _ORIGIN.get(name, "")
+
+
+def params_schema(name: str) -> dict[str, Any]:
+    """The JSON Schema of a node type's params."""
+    cls = get_node_type(name)
+    if cls is None:
+        raise KeyError(name)
+    schema: dict[str, Any] = msgspec.json.schema(cls.Params)
+    schema.setdefault("title", name)
+    if cls.__doc__:
+        schema.setdefault("description", cls.__doc__.strip().splitlines()[0])
+    return schema
+
+
+@dataclass(frozen=True, slots=True)
+class PluginReport:
+    """Outcome of loading one plugin: ``error`` is empty when it loaded."""
+
+    name: str
+    source: str
+    types: tuple[str, ...]
+    error: str = ""

@@ -1,0 +1,286 @@
+"""Time-aware pure nodes: RateLimit, Debounce, Window, Delay."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import time
+from typing import Any, ClassVar, Literal
+
+from mechaway.nodes.base import Message, Node, NodeParams, Result, get_path, now, split_path
+from mechaway.nodes.registry import register_node
+
+
+class RateLimitParams(NodeParams):
+    #: at most ``rate`` messages per ``per`` seconds (token bucket; bursts up to ``rate``)
+    rate: float
+    per: float = 1.0
+    persist: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0 or self.per <= 0:
+            raise ValueError("rate and per must be > 0")
+
+
+@register_node("RateLimitNode")
+class RateLimitNode(Node):
+    """Pass at most ``rate`` messages per ``per`` seconds; the excess is dropped and counted."""
+
+    Params = RateLimitParams
+    stateful: ClassVar[bool] = True
+
+    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+        super().__init__(node_id, params, ctx)
+        self._capacity = float(params.rate)
+        self._fill = params.rate / params.per
+        self._tokens = self._capacity
+        self._t = time.monotonic()
+
+    def process(self, msg: Message) -> Result:
+        t = time.monotonic()
+        self._tokens = min(self._capacity, self._tokens + (t - self._t) * self._fill)
+        self._t = t
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return msg
+        self.stats.dropped += 1
+        return None
+
+    def get_state(self) -> Any:
+        return {"tokens": self._tokens}
+
+    def set_state(self, state: Any) -> None:
+        if isinstance(state, dict) and isinstance(state.get("tokens"), int | float):
+            self._tokens = min(self._capacity, float(state["tokens"]))
+
+
+class _TimerNode(Node):
+    """Base for nodes that emit later from the event loop; timers die with the node."""
+
+    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+        super().__init__(node_id, params, ctx)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+
+    def _later(self, delay: float, fn: Any, *args: Any) -> asyncio.TimerHandle:
+        assert self._loop is not None, "node not started"
+        return self._loop.call_later(delay, fn, *args)
+
+
+class DebounceParams(NodeParams):
+    #: emit the last message once no new message came for this many seconds
+    quiet: float
+
+    def __post_init__(self) -> None:
+        if self.quiet <= 0:
+            raise ValueError("quiet must be > 0")
+
+
+@register_node("DebounceNode")
+class DebounceNode(_TimerNode):
+    """Emit only the last of a burst, ``quiet`` seconds after the burst ends."""
+
+    Params = DebounceParams
+
+    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+        super().__init__(node_id, params, ctx)
+        self._pending: Message | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def process(self, msg: Message) -> Result:
+        if self._pending is not None:
+            self.stats.dropped += 1  # superseded by a newer message of the burst
+        self._pending = msg
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._later(self.params.quiet, self._flush)
+        return None
+
+    def _flush(self) -> None:
+        msg, self._pending, self._timer = self._pending, None, None
+        if msg is not None:
+            self.emit(msg, "out")
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._flush()  # a removed node hands on what it held rather than lose it
+
+
+Agg = Literal["mean", "min", "max", "sum", "last", "first", "count"]
+
+
+class WindowParams(NodeParams):
+    property: str = "payload"
+    op: Agg = "mean"
+    #: count window: emit every ``size`` messages
+    size: int | None = None
+    #: time window: emit every ``seconds`` (tumbling, on the loop's clock)
+    seconds: float | None = None
+    persist: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.size is None) == (self.seconds is None):
+            raise ValueError("set exactly one of size, seconds")
+        if self.size is not None and self.size < 1:
+            raise ValueError("size must be >= 1")
+        if self.seconds is not None and self.seconds <= 0:
+            raise ValueError("seconds must be > 0")
+
+
+@register_node("WindowNode")
+class WindowNode(_TimerNode):
+    """Aggregate a numeric property over count or time windows: mean/min/max/sum/last/count."""
+
+    Params = WindowParams
+    stateful: ClassVar[bool] = True
+
+    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+        super().__init__(node_id, params, ctx)
+        self._keys = split_path(params.property)
+        self._size = params.size or 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._n = 0
+        self._sum = 0.0
+        self._min = math.inf
+        self._max = -math.inf
+        self._first: Any = None
+        self._last: Any = None
+        self._topic = ""
+
+    async def start(self) -> None:
+        await super().start()
+        if self.params.seconds is not None:
+            self._timer = self._later(self.params.seconds, self._tick)
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _tick(self) -> None:
+        self._timer = self._later(self.params.seconds, self._tick)
+        if self._n:
+            self.emit(self._result(), "out")
+
+    def _result(self) -> Message:
+        op = self.params.op
+        n = self._n
+        value: Any
+        if op == "mean":
+            value = self._sum / n
+        elif op == "sum":
+            value = self._sum
+        elif op == "min":
+            value = self._min
+        elif op == "max":
+            value = self._max
+        elif op == "first":
+            value = self._first
+        elif op == "last":
+            value = self._last
+        else:
+            value = n
+        out = {"payload": value, "topic": self._topic, "ts": now(), "count": n}
+        self._reset()
+        return out
+
+    def process(self, msg: Message) -> Result:
+        v = get_path(msg, self._keys)
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            raise ValueError(f"{self.params.property} is not a number: {v!r}")
+        if self._n == 0:
+            self._first = v
+            self._topic = msg.get("topic", "")
+        self._n += 1
+        self._sum += v
+        self._min = min(self._min, v)
+        self._max = max(self._max, v)
+        self._last = v
+        if self._size and self._n >= self._size:
+            return self._result()
+        return None
+
+    def get_state(self) -> Any:
+        if not self._n:
+            return None
+        return {
+            "n": self._n,
+            "sum": self._sum,
+            "min": self._min,
+            "max": self._max,
+            "first": self._first,
+            "last": self._last,
+            "topic": self._topic,
+        }
+
+    def set_state(self, state: Any) -> None:
+        if not isinstance(state, dict):
+            return
+        try:
+            self._n = int(state["n"])
+            self._sum = float(state["sum"])
+            self._min = float(state["min"])
+            self._max = float(state["max"])
+            self._first, self._last = state["first"], state["last"]
+            self._topic = str(state.get("topic", ""))
+        except (KeyError, TypeError, ValueError):
+            self._reset()
+
+
+class DelayParams(NodeParams):
+    seconds: float
+    #: messages held at most; beyond it the policy applies (each drop counted)
+    max_pending: int = 10_000
+    overflow: Literal["drop_oldest", "drop_new"] = "drop_new"
+
+    def __post_init__(self) -> None:
+        if self.seconds < 0 or self.max_pending < 1:
+            raise ValueError("seconds must be >= 0 and max_pending >= 1")
+
+
+@register_node("DelayNode")
+class DelayNode(_TimerNode):
+    """Hold every message for ``seconds``, then pass it on (order kept)."""
+
+    Params = DelayParams
+
+    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+        super().__init__(node_id, params, ctx)
+        self._held: collections.deque[tuple[float, Message]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def process(self, msg: Message) -> Result:
+        if len(self._held) >= self.params.max_pending:
+            self.stats.dropped += 1
+            if self.params.overflow == "drop_new":
+                return None
+            self._held.popleft()
+        self._held.append((time.monotonic() + self.params.seconds, msg))
+        if self._timer is None:
+            self._timer = self._later(self.params.seconds, self._release)
+        return None
+
+    def _release(self) -> None:
+        self._timer = None
+        t = time.monotonic()
+        while self._held and self._held[0][0] <= t:
+            self.emit(self._held.popleft()[1], "out")
+        if self._held:
+            self._timer = self._later(max(0.0, self._held[0][0] - t), self._release)
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._held:  # flush early rather than lose held messages
+            self.emit(self._held.popleft()[1], "out")
+
+    def status(self) -> dict[str, Any] | None:
+        return {"pending": len(self._held)}

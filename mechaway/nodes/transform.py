@@ -1,0 +1,348 @@
+"""Pure transform nodes: JSONTransform, Route, Change, Filter, Deadband."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
+
+import msgspec
+
+from mechaway.nodes.base import Message, Node, NodeParams, Result, get_path, split_path
+from mechaway.nodes.conditions import Condition, compile_condition
+from mechaway.nodes.registry import register_node
+
+Getter = Callable[[Any], Any]
+
+
+# -- JSONPath --------------------------------------------------------------------------------
+def compile_jsonpath(expr: str) -> Getter:
+    """Compile a JSONPath (via jsonpath-ng). Plain ``$.a.b[0]`` paths become direct lookups.
+
+    Raises ``ValueError`` with the parser's message on a bad expression.
+    """
+    from jsonpath_ng import jsonpath as jp
+    from jsonpath_ng.ext.parser import parse
+
+    try:
+        tree = parse(expr)
+    except Exception as err:  # jsonpath-ng raises bare Exception/JsonPathLexerError
+        raise ValueError(f"bad JSONPath {expr!r}: {err}") from err
+
+    def simple(node: Any) -> tuple[str | int, ...] | None:
+        if isinstance(node, jp.Root):
+            return ()
+        if isinstance(node, jp.Child):
+            left, right = simple(node.left), simple(node.right)
+            return None if left is None or right is None else left + right
+        if isinstance(node, jp.Fields) and len(node.fields) == 1 and node.fields[0] != "*":
+            return (node.fields[0],)
+        if isinstance(node, jp.Index) and len(node.indices) == 1:
+            return (node.indices[0],)
+        return None
+
+    keys = simple(tree)
+    if keys is not None:
+        return lambda obj: get_path(obj, keys)
+
+    def find(obj: Any) -> Any:
+        found = [m.value for m in tree.find(obj)]
+        if not found:
+            return None
+        return found[0] if len(found) == 1 else found
+
+    return find
+
+
+def _split_top(text: str) -> list[str]:
+    """Split on commas that are not inside brackets, braces, parens or quotes."""
+    parts: list[str] = []
+    depth = 0
+    quote = ""
+    cur: list[str] = []
+    for ch in text:
+        if quote:
+            cur.append(ch)
+            if ch == quote:
+                quote = ""
+            continue
+        if ch in "'\"":
+            quote = ch
+        elif ch in "[({":
+            depth += 1
+        elif ch in "])}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+            continue
+        cur.append(ch)
+    if quote or depth:
+        raise ValueError("unbalanced quotes or brackets")
+    parts.append("".join(cur))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_map(spec: str | dict[str, str]) -> dict[str, str]:
+    """The seed's map syntax ``{id=$.id, score=$.score}`` (or a dict) -> ``{key: expr}``."""
+    if isinstance(spec, dict):
+        return dict(spec)
+    text = spec.strip()
+    if not (text.startswith("{") and text.endswith("}")):
+        raise ValueError("map must look like {key=$.path, ...}")
+    out: dict[str, str] = {}
+    for part in _split_top(text[1:-1]):
+        key, sep, expr = part.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(f"map entry {part!r} must be key=expression")
+        if key in out:
+            raise ValueError(f"map key {key!r} appears twice")
+        out[key] = expr.strip()
+    if not out:
+        raise ValueError("map is empty")
+    return out
+
+
+def compile_expr(expr: str) -> Getter:
+    """A ``$...`` JSONPath, or a JSON literal (number, "string", true, false, null)."""
+    if expr.startswith("$"):
+        return compile_jsonpath(expr)
+    try:
+        value = json.loads(expr)
+    except ValueError as err:
+        raise ValueError(f"{expr!r} is neither a JSONPath ($...) nor a JSON literal") from err
+    return lambda obj: value
+
+
+class JSONTransformParams(NodeParams):
+    map: str | dict[str, str]
+    #: what ``$`` refers to: the message payload (default) or the whole message
+    root: Literal["payload", "message"] = "payload"
+
+
+@register_node("JSONTransformNode")
+class JSONTransformNode(Node):
+    """Build a new payload from JSONPath expressions: ``{id=$.id, score=$.score}``."""
+
+    Params = JSONTransformParams
+
+    @classmethod
+    def check(cls, params: Any) -> list[str]:
+        try:
+            for expr in parse_map(params.map).values():
+                compile_expr(expr)
+        except ValueError as err:
+            return [f"map: {err}"]
+        return []
+
+    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+        super().__init__(node_id, params, ctx)
+        self._fields = tuple((k, compile_expr(e)) for k, e in parse_map(params.map).items())
+        self._whole = params.root == "message"
+
+    def process(self, msg: Message) -> Result:
+        src = msg if self._whole else msg.get("payload")
+        return {**msg, "payload": {k: get(src) for k, get in self._fields}}
+
+
+class Rule(Condition):
+    port: str
+
+
+class RouteParams(NodeParams):
+    rules: list[Rule]
+    #: ``first``: stop at the first matching rule (Node-RED "stop after first match");
+    #: ``all``: send to every matching rule's port
+    mode: Literal["first", "all"] = "first"
+
+    def __post_init__(self) -> None:
+        if not self.rules:
+            raise ValueError("rules must not be empty")
+        for r in self.rules:
+            if not r.port or r.port == "error":
+                raise ValueError(f"bad rule port {r.port!r}")
+
+
+@register_node("RouteNode")
+class RouteNode(Node):
+    """Send each message to the port of the first (or every) matching rule, like a switch."""
+
+    Params = RouteParams
+
+    @classmethod
+    def output_ports(cls, params: Any) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(r.port for r in params.rules))
+
+    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+        super().__init__(node_id, params, ctx)
+        self._rules = tuple((compile_condition(r), r.port) for r in params.rules)
+        self._first = params.mode == "first"
+
+    def process(self, msg: Message) -> Result:
+        if self._first:
+            for pred, port in self._rules:
+                if pred(msg):
+                    return [(port, msg)]
+            return None
+        return [(port, msg) for pred, port in self._rules if pred(msg)] or None
+
+
+class FilterParams(Condition, NodeParams):
+    pass
+
+
+@register_node("FilterNode")
+class FilterNode(Node):
+    """Pass messages whose ``property`` matches the condition; drop the rest."""
+
+    Params = FilterParams
+
+    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+        super().__init__(node_id, params, ctx)
+        self._pred = compile_condition(params)
+
+    def process(self, msg: Message) -> Result:
+        return msg if self._pred(msg) else None
+
+
+class ChangeRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``set`` path to ``value`` (or to the value at ``from``); ``delete`` path; ``move``."""
+
+    op: Literal["set", "delete", "move"]
+    path: str
+    value: Any = None
+    from_: str | None = msgspec.field(default=None, name="from")
+
+    def __post_init__(self) -> None:
+        if not split_path(self.path):
+            raise ValueError("path must not be empty")
+        if self.op == "move" and not self.from_:
+            raise ValueError("op 'move' needs 'from'")
+
+
+class ChangeParams(NodeParams):
+    rules: list[ChangeRule]
+
+
+def _copy_to(msg: dict[str, Any], keys: tuple[str | int, ...]) -> tuple[Any, str | int] | None:
+    """Copy the containers along ``keys[:-1]`` (copy-on-write); return (parent, last key)."""
+    parent: Any = msg
+    for k in keys[:-1]:
+        child = parent.get(k) if isinstance(parent, dict) else None
+        if isinstance(child, dict):
+            child = dict(child)
+        elif isinstance(child, list):
+            child = list(child)
+        elif child is None and isinstance(parent, dict):
+            child = {}
+        else:
+            return None
+        parent[k] = child
+        parent = child
+    return parent, keys[-1]
+
+
+def _set(msg: dict[str, Any], keys: tuple[str | int, ...], value: Any) -> None:
+    found = _copy_to(msg, keys)
+    if found is None:
+        return
+    parent, last = found
+    if isinstance(parent, dict) or (isinstance(last, int) and -len(parent) <= last < len(parent)):
+        parent[last] = value
+
+
+def _delete(msg: dict[str, Any], keys: tuple[str | int, ...]) -> None:
+    found = _copy_to(msg, keys)
+    if found is None:
+        return
+    parent, last = found
+    if isinstance(parent, dict):
+        parent.pop(last, None)
+    elif isinstance(last, int) and -len(parent) <= last < len(parent):
+        del parent[last]
+
+
+@register_node("ChangeNode")
+class ChangeNode(Node):
+    """Set, delete or move message fields (copy-on-write: the input is never mutated)."""
+
+    Params = ChangeParams
+
+    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+        super().__init__(node_id, params, ctx)
+        self._rules = tuple(
+            (r.op, split_path(r.path), split_path(r.from_) if r.from_ else None, r.value)
+            for r in params.rules
+        )
+
+    def process(self, msg: Message) -> Result:
+        out = dict(msg)
+        for op, keys, src, value in self._rules:
+            if op == "set":
+                _set(out, keys, get_path(out, src) if src else value)
+            elif op == "delete":
+                _delete(out, keys)
+            else:
+                assert src is not None
+                v = get_path(out, src, _ABSENT)
+                if v is not _ABSENT:
+                    _delete(out, src)
+                    _set(out, keys, v)
+        return out
+
+
+_ABSENT = object()
+
+
+class DeadbandParams(NodeParams):
+    property: str = "payload"
+    #: pass when |value - last passed value| >= band (absolute units)
+    band: float = 0.0
+    #: or: pass when the change is >= this percentage of the last passed value
+    percent: float | None = None
+    #: keep a separate last value per message topic (``topic``) or one for all (``none``)
+    key: Literal["topic", "none"] = "topic"
+    #: ``true``: the last passed values survive restarts (stored as node context)
+    persist: bool = False
+
+    def __post_init__(self) -> None:
+        if self.band < 0 or (self.percent is not None and self.percent < 0):
+            raise ValueError("band and percent must be >= 0")
+
+
+@register_node("DeadbandNode")
+class DeadbandNode(Node):
+    """Report by exception: pass a value only when it moved past the deadband."""
+
+    Params = DeadbandParams
+    stateful: ClassVar[bool] = True
+
+    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+        super().__init__(node_id, params, ctx)
+        self._keys = split_path(params.property)
+        self._last: dict[str, float] = {}
+
+    def process(self, msg: Message) -> Result:
+        v = get_path(msg, self._keys)
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            raise ValueError(f"{self.params.property} is not a number: {v!r}")
+        k = str(msg.get("topic", "")) if self.params.key == "topic" else ""
+        last = self._last.get(k)
+        if last is not None:
+            p = self.params
+            delta = abs(v - last)
+            if p.percent is not None:
+                if (last == 0 and v == 0) or (last != 0 and delta * 100.0 / abs(last) < p.percent):
+                    return None
+            elif delta < p.band or (p.band == 0 and delta == 0):
+                return None
+        self._last[k] = float(v)
+        return msg
+
+    def get_state(self) -> Any:
+        return dict(self._last)
+
+    def set_state(self, state: Any) -> None:
+        if isinstance(state, dict):
+            self._last = {str(k): float(v) for k, v in state.items() if isinstance(v, int | float)}

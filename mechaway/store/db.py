@@ -1,0 +1,236 @@
+"""The SQLite file: one writer thread with group commit, versioned migrations, WAL.
+
+Every write goes through ``Database.write``: the writer thread takes whatever is queued,
+runs it in ONE transaction (each op in its own savepoint, so one failing op does not undo
+its neighbours), commits, then resolves the callers' futures. Under load batches grow by
+themselves; the SD card sees one fsync per batch, and the event loop never touches disk
+for writes.
+
+Durability per write: ``durable=True`` ops are committed with ``synchronous=FULL`` (the
+WAL is fsynced before the future resolves: survives power loss); other batches commit
+with ``synchronous=NORMAL`` (survive a crash or ``kill -9``; a power cut may lose the
+last ~batch, never corrupts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mechaway.errors import StoreError
+
+log = logging.getLogger("mechaway.store")
+
+T = TypeVar("T")
+Op = Callable[[sqlite3.Connection], Any]
+
+#: (version, SQL script). Append only; never edit a released step.
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE flow_revisions (
+            flow_id TEXT NOT NULL,
+            rev INTEGER NOT NULL,
+            doc BLOB NOT NULL,
+            source TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (flow_id, rev)
+        ) WITHOUT ROWID;
+        CREATE TABLE flows (
+            flow_id TEXT PRIMARY KEY,
+            active_rev INTEGER,
+            updated_at REAL NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ),
+]
+
+
+def register_migration(version: int, script: str) -> None:
+    """Add a schema step (modules of the store layer call this at import)."""
+    if any(v == version for v, _ in MIGRATIONS):
+        raise ValueError(f"migration {version} already registered")
+    MIGRATIONS.append((version, script))
+    MIGRATIONS.sort()
+
+
+_STOP = object()
+
+
+class Database:
+    """One SQLite file: a writer thread (group commit) and a reader connection."""
+
+    def __init__(self, path: Path | str, *, batch_max: int = 2000) -> None:
+        self.path = Path(path)
+        self.batch_max = batch_max
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._reader: sqlite3.Connection | None = None
+        self.commits = 0
+        self.fsync_commits = 0
+        self.ops = 0
+
+    # -- open/close -----------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    def open(self) -> None:
+        """Open (creating if needed), check integrity, migrate; start the writer thread."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = self._connect()
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise StoreError(f"{self.path}: cannot enable WAL (journal_mode={mode})")
+            ok = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if ok != "ok":
+                raise sqlite3.DatabaseError(ok)
+            self._migrate(conn)
+        except sqlite3.DatabaseError as err:
+            raise StoreError(
+                f"{self.path}: the database is damaged ({err}). Nothing was changed. "
+                f"Recovery: stop mechaway, move the file aside, then either restore a backup "
+                f"or salvage it with `sqlite3 {self.path.name}.bad .recover | sqlite3 "
+                f"{self.path.name}` and start again."
+            ) from err
+        conn.execute("PRAGMA synchronous=NORMAL")
+        self._reader = self._connect()
+        self._reader.execute("PRAGMA query_only=1")
+        self._thread = threading.Thread(
+            target=self._run, args=(conn,), name="mechaway.store.writer", daemon=True
+        )
+        self._thread.start()
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        current = conn.execute("PRAGMA user_version").fetchone()[0]
+        for version, script in MIGRATIONS:
+            if version <= current:
+                continue
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in script.split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+                conn.execute(f"PRAGMA user_version={int(version)}")
+                conn.execute("COMMIT")
+            except Exception:
+                conn.execute("ROLLBACK")
+                raise
+            log.info("%s: schema migrated to version %d", self.path, version)
+
+    async def close(self) -> None:
+        """Flush every queued write, stop the writer, checkpoint. Idempotent."""
+        if self._thread is not None:
+            self._q.put(_STOP)
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+            self._thread = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    # -- writes ---------------------------------------------------------------------------
+    def submit(self, op: Callable[[sqlite3.Connection], T], *, durable: bool = False) -> Future[T]:
+        """Queue a write from any thread; the returned future resolves after its commit."""
+        if self._thread is None:
+            raise StoreError(f"{self.path}: the store is not open")
+        fut: Future[T] = Future()
+        self._q.put((op, fut, durable))
+        return fut
+
+    async def write(self, op: Callable[[sqlite3.Connection], T], *, durable: bool = False) -> T:
+        """Run ``op(conn)`` inside the next group commit; returns its result once committed."""
+        return await asyncio.wrap_future(self.submit(op, durable=durable))
+
+    def _run(self, conn: sqlite3.Connection) -> None:
+        q = self._q
+        stopping = False
+        while not stopping:
+            item = q.get()
+            if item is _STOP:
+                break
+            batch = [item]
+            while len(batch) < self.batch_max:
+                try:
+                    nxt = q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            self._commit(conn, batch)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            log.exception("final checkpoint failed")
+        conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
+        durable = any(d for _op, _f, d in batch)
+        results: list[tuple[Future[Any], Any, BaseException | None]] = []
+        try:
+            if durable:
+                conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("BEGIN IMMEDIATE")
+            for op, fut, _d in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    res = op(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    results.append((fut, None, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    results.append((fut, res, None))
+            conn.execute("COMMIT")
+            self.commits += 1
+            self.fsync_commits += durable
+            self.ops += len(batch)
+        except sqlite3.Error as exc:
+            log.error("%s: commit of %d writes failed: %s", self.path, len(batch), exc)
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            err = StoreError(f"{self.path}: write failed: {exc}")
+            results = [(fut, None, err) for _op, fut, _d in batch]
+        finally:
+            if durable:
+                conn.execute("PRAGMA synchronous=NORMAL")
+        for fut, res, failure in results:
+            if failure is None:
+                fut.set_result(res)
+            else:
+                fut.set_exception(failure)
+
+    # -- reads ----------------------------------------------------------------------------
+    def read(
+        self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()
+    ) -> list[tuple[Any, ...]]:
+        """A short read on the loop thread (WAL: never waits for the writer)."""
+        if self._reader is None:
+            raise StoreError(f"{self.path}: the store is not open")
+        return self._reader.execute(sql, params).fetchall()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "commits": self.commits,
+            "fsync_commits": self.fsync_commits,
+            "writes": self.ops,
+            "queued": self._q.qsize(),
+            "path": str(self.path),
+            "ts": time.time(),
+        }
