@@ -18,6 +18,7 @@ from mechaway import __version__
 from mechaway.nodes.context import Services
 from mechaway.runtime.engine import Engine
 from mechaway.runtime.manager import FlowDirWatcher, FlowManager
+from mechaway.errors import ConfigError
 from mechaway.settings import Settings, parse_listen
 from mechaway.store.db import Database
 from mechaway.store.flows import FlowStore
@@ -71,6 +72,8 @@ class Daemon:
         self.manager = FlowManager(self.engine, self.store)
         self.watcher: FlowDirWatcher | None = None
         self._runner: Any = None
+        self._api_sock: socket.socket | None = None
+        self._api_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._started = time.monotonic()
         self.listen_port: int | None = None
@@ -112,20 +115,47 @@ class Daemon:
         )
 
     async def _start_api(self) -> None:
+        """Bind the API socket now; import aiohttp now or (``api.lazy``) at the first request.
+
+        aiohttp builds TLS contexts and loads the CA bundle at import: ~16 MB of RSS that a
+        device nobody queries locally never needs. The socket is bound and listening from
+        the start, so the first connection waits in the backlog while aiohttp loads.
+        """
+        host, port = parse_listen(self.settings.api.listen)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(128)
+        except OSError as err:
+            sock.close()
+            raise ConfigError(f"api.listen: cannot listen on {host}:{port}: {err.strerror}") from err
+        sock.setblocking(False)
+        self._api_sock = sock
+        self.listen_port = sock.getsockname()[1]
+        if not self.settings.api.lazy:
+            await self._serve_api(sock)
+            return
+        loop = asyncio.get_running_loop()
+
+        def first_connection() -> None:
+            loop.remove_reader(sock.fileno())
+            self._api_task = loop.create_task(self._serve_api(sock), name="mechaway.api.start")
+
+        loop.add_reader(sock.fileno(), first_connection)
+
+    async def _serve_api(self, sock: socket.socket) -> None:
         from aiohttp import web
 
         from mechaway.api.server import make_app
 
         api = self.settings.api
         app = make_app(self.manager, self.status, token=api.token, max_body=api.max_body_bytes)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        host, port = parse_listen(api.listen)
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        await site.start()
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        self.listen_port = sockets[0].getsockname()[1] if sockets else port
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        self._runner = runner
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -141,9 +171,16 @@ class Daemon:
         log.info("stopping")
         if self.watcher is not None:
             await self.watcher.stop()
+        if self._api_task is not None:
+            await asyncio.gather(self._api_task, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._api_sock is not None:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self._api_sock.fileno())
+            self._api_sock.close()
+            self._api_sock = None
         await self.engine.stop()
         for key, drv in list(self._drivers.items()):
             try:
