@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from mechaway import __version__
+from mechaway.errors import ConfigError
 from mechaway.nodes.context import Services
 from mechaway.runtime.engine import Engine
 from mechaway.runtime.manager import FlowDirWatcher, FlowManager
-from mechaway.errors import ConfigError
 from mechaway.settings import Settings, parse_listen
 from mechaway.store.db import Database
 from mechaway.store.flows import FlowStore
+from mechaway.store.spool import SqliteSpool
 
 log = logging.getLogger("mechaway.daemon")
 
@@ -32,6 +33,8 @@ def setup_logging(level: str) -> None:
     if "JOURNAL_STREAM" not in os.environ:
         fmt = "%(asctime)s " + fmt
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+    # gmqtt logs every packet at INFO; the driver reports what matters itself
+    logging.getLogger("gmqtt").setLevel(logging.WARNING)
 
 
 def sd_notify(state: str) -> None:
@@ -78,6 +81,42 @@ class Daemon:
         self._started = time.monotonic()
         self.listen_port: int | None = None
         self._drivers: dict[tuple[str, str], Any] = {}
+        self._mqtt_settings = self._check_mqtt(settings)
+        self.services.connections["mqtt"] = self._mqtt
+
+    # -- drivers ----------------------------------------------------------------------------
+    @staticmethod
+    def _check_mqtt(settings: Settings) -> dict[str, Any]:
+        """Validate every ``[mqtt.NAME]`` at start (unknown keys name themselves)."""
+        if not settings.mqtt:
+            return {}
+        from mechaway.drivers.mqtt import parse_settings
+
+        return {name: parse_settings(raw, f"mqtt.{name}") for name, raw in settings.mqtt.items()}
+
+    async def _mqtt(self, name: str) -> Any:
+        """The shared connection ``[mqtt.NAME]``, created and started on first use.
+
+        ``default`` exists without configuration (127.0.0.1:1883).
+        """
+        key = ("mqtt", name)
+        conn = self._drivers.get(key)
+        if conn is not None:
+            return conn
+        from mechaway.drivers.mqtt import MqttConnection, parse_settings
+
+        settings = self._mqtt_settings.get(name)
+        if settings is None:
+            if name != "default":
+                raise KeyError(f"no [mqtt.{name}] connection is configured")
+            settings = parse_settings({}, "mqtt.default")
+        spool = SqliteSpool(
+            self.db, name, max_items=settings.spool_max, overflow=settings.spool_overflow
+        )
+        conn = MqttConnection(name, settings, device_id=self.settings.device.id, spool=spool)
+        self._drivers[key] = conn
+        await conn.start()
+        return conn
 
     # -- status -----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -130,7 +169,9 @@ class Daemon:
             sock.listen(128)
         except OSError as err:
             sock.close()
-            raise ConfigError(f"api.listen: cannot listen on {host}:{port}: {err.strerror}") from err
+            raise ConfigError(
+                f"api.listen: cannot listen on {host}:{port}: {err.strerror}"
+            ) from err
         sock.setblocking(False)
         self._api_sock = sock
         self.listen_port = sock.getsockname()[1]

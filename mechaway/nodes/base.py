@@ -91,6 +91,10 @@ async def _no_wait() -> None:
     return None
 
 
+def _never() -> bool:
+    return False
+
+
 def _unbound_emit(msg: Message, port: str = "out") -> None:
     raise RuntimeError("node is not deployed: emit is not bound")
 
@@ -113,6 +117,8 @@ class Node:
         self.emit: Emit = _unbound_emit
         #: bound by the engine: sources await it before emitting so ``block`` sinks push back
         self.room: Callable[[], Awaitable[None]] = _no_wait
+        #: bound by the engine: True while a ``block`` sink of the flow is full
+        self.blocked: Callable[[], bool] = _never
         #: the engine's counters for this node (kept across hot swaps)
         self.stats = NodeStats()
 

@@ -13,8 +13,9 @@ from typing import Any
 class Services:
     """Daemon-wide services shared by nodes: drivers by connection name, the store, paths.
 
-    ``connections`` maps a kind (``"mqtt"``) to a getter taking the connection name; the
-    daemon fills it. Tests build one with fakes.
+    ``connections`` maps a kind (``"mqtt"``) to an async getter taking the connection
+    name and returning the started, shared driver; the daemon fills it. Tests build one
+    with fakes.
     """
 
     device_id: str = "mechaway"
@@ -22,12 +23,12 @@ class Services:
     store: Any = None
     connections: dict[str, Any] = field(default_factory=dict)
 
-    def connection(self, kind: str, name: str) -> Any:
+    async def connection(self, kind: str, name: str) -> Any:
         """The shared driver for ``[kind.name]``; raises ``KeyError`` naming what is missing."""
         getter = self.connections.get(kind)
         if getter is None:
-            raise KeyError(f"no {kind} connections are configured")
-        return getter(name)
+            raise KeyError(f"no {kind} connections are available")
+        return await getter(name)
 
 
 class BurstLog:

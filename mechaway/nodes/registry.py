@@ -26,6 +26,7 @@ BUILTIN_MODULES = (
     "mechaway.nodes.transform",
     "mechaway.nodes.timing",
     "mechaway.nodes.debug",
+    "mechaway.nodes.mqtt",
 )
 
 

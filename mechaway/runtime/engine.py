@@ -264,9 +264,17 @@ class RunningFlow:
         for nid, node in self.instances.items():
             node.emit = self.routers[nid].emit
             node.room = room
+            node.blocked = self.is_blocked
             node.stats = self.stats[nid]
             if nid in self.sinks:
                 self.sinks[nid].router = self.routers[nid]
+
+    def is_blocked(self) -> bool:
+        """True while a ``block`` sink of this flow is full."""
+        for s in self.sinks.values():
+            if not s.room.is_set():
+                return True
+        return False
 
     async def wait_room(self) -> None:
         """Sources await this: returns when no ``block`` sink of the flow is full."""

@@ -116,17 +116,32 @@ class Database:
         self._thread.start()
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        current = conn.execute("PRAGMA user_version").fetchone()[0]
+        """Apply every registered step not yet applied, in version order.
+
+        Applied steps are recorded by version in ``schema_migrations`` (not only as a
+        high-water mark), so steps registered by different store modules never skip
+        one another.
+        """
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+        )
+        done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
         for version, script in MIGRATIONS:
-            if version <= current:
+            if version in done:
                 continue
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for stmt in script.split(";"):
                     if stmt.strip():
                         conn.execute(stmt)
-                conn.execute(f"PRAGMA user_version={int(version)}")
+                conn.execute(
+                    "INSERT INTO schema_migrations(version, applied_at) VALUES (?, ?)",
+                    (version, time.time()),
+                )
+                conn.execute(f"PRAGMA user_version={max(done | {version})}")
                 conn.execute("COMMIT")
+                done.add(version)
             except Exception:
                 conn.execute("ROLLBACK")
                 raise
@@ -193,6 +208,7 @@ class Database:
                 except Exception as exc:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
+                    log.error("%s: a write failed and was rolled back: %s", self.path, exc)
                     results.append((fut, None, exc))
                 else:
                     conn.execute("RELEASE op")

@@ -1,0 +1,183 @@
+"""MQTT nodes: ``MQTTInNode`` (source) and ``MQTTOutNode`` (sink) over a shared connection."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, Literal
+
+from mechaway.nodes.base import (
+    Message,
+    NodeParams,
+    Result,
+    SinkNode,
+    SinkParams,
+    SourceNode,
+    get_path,
+    split_path,
+)
+from mechaway.nodes.codec import DECODERS, ENCODERS, Codec
+from mechaway.nodes.registry import register_node
+
+_TEMPLATE_RE = re.compile(r"\{([^{}]+)\}")
+
+
+def check_filter(topic: str) -> str | None:
+    """Why ``topic`` is not a valid subscription filter (``None`` when it is)."""
+    if not topic:
+        return "topic filter must not be empty"
+    levels = topic.split("/")
+    start = 0
+    if levels[0] == "$share":
+        if len(levels) < 3 or not levels[1] or any(c in levels[1] for c in "+#"):
+            return "shared subscription must look like $share/GROUP/filter"
+        start = 2
+    for i, level in enumerate(levels[start:], start):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            return "'#' must be a whole level and the last one"
+        if "+" in level and level != "+":
+            return "'+' must be a whole level"
+    return None
+
+
+class MQTTInParams(NodeParams):
+    #: topic filter; ``+`` and ``#`` wildcards; ``$share/group/filter`` for shared subscriptions
+    topic: str
+    #: name of the ``[mqtt.NAME]`` connection (``default``: 127.0.0.1:1883 unless configured)
+    connection: str = "default"
+    qos: Literal[0, 1, 2] = 0
+    decode: Codec = "json"
+
+    def __post_init__(self) -> None:
+        problem = check_filter(self.topic)
+        if problem:
+            raise ValueError(problem)
+
+
+@register_node("MQTTInNode")
+class MQTTInNode(SourceNode):
+    """Subscribe to a topic filter; each message becomes ``{payload, topic, qos, retain, ts}``.
+
+    Payloads that do not decode are counted (``decode_errors``), logged once per burst and
+    sent to the ``error`` port with the raw payload as base64.
+    """
+
+    Params = MQTTInParams
+    ports: ClassVar[tuple[str, ...]] = ("out",)
+
+    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+        super().__init__(node_id, params, ctx)
+        self._decode = DECODERS[params.decode]
+        self._sub: Any = None
+        self._conn: Any = None
+        self.decode_errors = 0
+
+    async def start(self) -> None:
+        self._conn = await self.ctx.services.connection("mqtt", self.params.connection)
+        self._sub = self._conn.subscribe(self.params.topic, self.params.qos, self._on_message)
+
+    async def stop(self) -> None:
+        if self._sub is not None and self._conn is not None:
+            self._conn.unsubscribe(self._sub)
+            self._sub = None
+
+    def _on_message(self, m: Any) -> Awaitable[None] | None:
+        try:
+            payload = self._decode(m.payload)
+        except ValueError as err:
+            self.decode_errors += 1
+            st = self.stats
+            st.errors += 1
+            st.last_error = f"decode ({self.params.decode}) failed on {m.topic}: {err}"
+            st.last_error_ts = time.time()
+            self.ctx.burst.warning("%s", st.last_error)
+            self.emit(
+                {"payload": DECODERS["bytes"](m.payload), "topic": m.topic, "ts": time.time(),
+                 "error": {"node": self.id, "type": "DecodeError", "message": str(err)}},
+                "error",
+            )
+            return None
+        self.emit({"payload": payload, "topic": m.topic, "qos": m.qos, "retain": m.retain,
+                   "ts": time.time()})
+        if self.blocked():
+            return self.room()  # QoS 1/2: the PUBACK waits until the flow has room
+        return None
+
+    def status(self) -> dict[str, Any] | None:
+        return {"decode_errors": self.decode_errors, "topic": self.params.topic}
+
+
+def compile_topic(template: str) -> Callable[[Message], str]:
+    """``"site/{payload.room}/temp"`` -> a function rendering it from a message."""
+    parts: list[str | tuple[str | int, ...]] = []
+    pos = 0
+    for m in _TEMPLATE_RE.finditer(template):
+        parts.append(template[pos : m.start()])
+        parts.append(split_path(m.group(1).strip()))
+        pos = m.end()
+    parts.append(template[pos:])
+    if len(parts) == 1:
+        fixed = template
+        return lambda msg: fixed
+
+    def render(msg: Message) -> str:
+        out = []
+        for p in parts:
+            if isinstance(p, str):
+                out.append(p)
+            else:
+                v = get_path(msg, p)
+                if v is None:
+                    raise ValueError(f"topic template field {'.'.join(map(str, p))} is missing")
+                out.append(str(v))
+        return "".join(out)
+
+    return render
+
+
+class MQTTOutParams(SinkParams):
+    connection: str = "default"
+    #: topic or template with message fields: ``"out/{topic}"``, ``"site/{payload.room}"``
+    topic: str = "{topic}"
+    qos: Literal[0, 1, 2] = 0
+    retain: bool = False
+    encode: Codec = "json"
+    #: what to publish: a dotted path into the message (default the payload)
+    property: str = "payload"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.topic:
+            raise ValueError("topic must not be empty")
+        if "+" in _TEMPLATE_RE.sub("", self.topic) or "#" in _TEMPLATE_RE.sub("", self.topic):
+            raise ValueError("a publish topic cannot contain + or #")
+
+
+@register_node("MQTTOutNode")
+class MQTTOutNode(SinkNode):
+    """Publish each message (its ``property``, encoded) to a topic rendered from a template.
+
+    QoS 1/2 publishes made while the broker is down are spooled durably and delivered in
+    order on reconnect; QoS 0 while offline follows the connection's ``offline_qos0``.
+    """
+
+    Params = MQTTOutParams
+
+    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+        super().__init__(node_id, params, ctx)
+        self._topic = compile_topic(params.topic)
+        self._keys = split_path(params.property)
+        self._encode = ENCODERS[params.encode]
+        self._conn: Any = None
+
+    async def start(self) -> None:
+        self._conn = await self.ctx.services.connection("mqtt", self.params.connection)
+
+    async def write(self, msg: Message) -> Result:
+        topic = self._topic(msg)
+        if not topic or "+" in topic or "#" in topic:
+            raise ValueError(f"bad publish topic {topic!r}")
+        payload = self._encode(get_path(msg, self._keys) if self._keys else msg)
+        self._conn.publish(topic, payload, self.params.qos, self.params.retain)
+        return None
