@@ -192,6 +192,16 @@ def cmd_flows(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plugins(args: argparse.Namespace) -> int:
+    reports = _api(args).call("GET", "/plugins")
+    if not reports:
+        print("no plugins")
+    for r in reports:
+        state = f"skipped: {r['error']}" if r["error"] else ", ".join(r["types"]) or "(no types)"
+        print(f"{r['name']:<20} {state}   [{r['source']}]")
+    return 0
+
+
 def _issue(where: str, message: str) -> Any:
     from mechaway.errors import Issue
 
@@ -222,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="per flow and node counters from the running daemon")
     st.set_defaults(fn=cmd_status)
+
+    pl = sub.add_parser("plugins", help="node-type plugins the running daemon loaded")
+    pl.add_argument("action", choices=["list"])
+    pl.set_defaults(fn=cmd_plugins)
 
     f = sub.add_parser("flows", help="manage flows on the running daemon")
     fs = f.add_subparsers(dest="action", required=True)

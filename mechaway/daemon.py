@@ -81,6 +81,8 @@ class Daemon:
         self._started = time.monotonic()
         self.listen_port: int | None = None
         self._drivers: dict[tuple[str, str], Any] = {}
+        self.packs: Any = None
+        self._packs_task: asyncio.Task[None] | None = None
         self._mqtt_settings = self._check_mqtt(settings)
         self.services.connections["mqtt"] = self._mqtt
 
@@ -130,10 +132,38 @@ class Daemon:
                 f"{kind}.{name}": drv.status() for (kind, name), drv in self._drivers.items()
             },
             "store": self.db.stats(),
+            "plugins": self.plugin_reports(),
         }
 
     # -- lifecycle --------------------------------------------------------------------------
+    def plugin_reports(self) -> list[dict[str, Any]]:
+        """Entry-point plugins and WASM node packs: what loaded, what was skipped and why."""
+        from mechaway.nodes import plugins
+
+        reports = plugins.reports() + (self.packs.reports() if self.packs else [])
+        return [
+            {"name": r.name, "source": r.source, "types": list(r.types), "error": r.error or None}
+            for r in reports
+        ]
+
+    async def _watch_packs(self) -> None:
+        assert self.packs is not None
+        while True:
+            await asyncio.sleep(self.settings.flows.poll_interval * 2)
+            try:
+                await asyncio.to_thread(self.packs.scan)
+            except Exception:
+                log.exception("scanning %s failed", self.packs.directory)
+
     async def start(self) -> None:
+        from mechaway.nodes import plugins
+
+        plugins.load_entry_points()
+        self.packs = plugins.PackWatcher(self.settings.data_dir / "plugins")
+        self.packs.scan()
+        self._packs_task = asyncio.get_running_loop().create_task(
+            self._watch_packs(), name="mechaway.plugins.watcher"
+        )
         self.db.open()
         await self.manager.start_stored()
         if self.flows_dir is not None:
@@ -212,6 +242,9 @@ class Daemon:
         log.info("stopping")
         if self.watcher is not None:
             await self.watcher.stop()
+        if self._packs_task is not None:
+            self._packs_task.cancel()
+            await asyncio.gather(self._packs_task, return_exceptions=True)
         if self._api_task is not None:
             await asyncio.gather(self._api_task, return_exceptions=True)
         if self._runner is not None:

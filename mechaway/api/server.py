@@ -152,6 +152,10 @@ async def status(request: web.Request) -> web.Response:
     return _json(request.app[STATUS]())
 
 
+async def plugins(request: web.Request) -> web.Response:
+    return _json(request.app[STATUS]().get("plugins", []))
+
+
 async def schema(request: web.Request) -> web.Response:
     name = request.match_info.get("type")
     if name:
@@ -180,6 +184,7 @@ def make_app(
     r.add_get(f"{PREFIX}/flows/{{flow_id}}/revisions", revisions)
     r.add_post(f"{PREFIX}/flows/{{flow_id}}/rollback", rollback)
     r.add_get(f"{PREFIX}/status", status)
+    r.add_get(f"{PREFIX}/plugins", plugins)
     r.add_get(f"{PREFIX}/schema", schema)
     r.add_get(f"{PREFIX}/schema/{{type}}", schema)
     return app

@@ -271,10 +271,7 @@ class RunningFlow:
 
     def is_blocked(self) -> bool:
         """True while a ``block`` sink of this flow is full."""
-        for s in self.sinks.values():
-            if not s.room.is_set():
-                return True
-        return False
+        return any(not s.room.is_set() for s in self.sinks.values())
 
     async def wait_room(self) -> None:
         """Sources await this: returns when no ``block`` sink of the flow is full."""
