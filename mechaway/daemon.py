@@ -165,6 +165,14 @@ class Daemon:
             self._watch_packs(), name="mechaway.plugins.watcher"
         )
         self.db.open()
+        # configured connections, and any with publishes spooled before a restart, connect
+        # now: spooled messages drain even if no flow uses their connection any more
+        spooled = {r[0] for r in self.db.read("SELECT DISTINCT conn FROM mqtt_spool")}
+        for name in sorted(set(self._mqtt_settings) | spooled):
+            try:
+                await self._mqtt(name)
+            except KeyError as err:
+                log.error("mqtt.%s: %s spooled publishes wait for it to be configured", name, err)
         await self.manager.start_stored()
         if self.flows_dir is not None:
             self.flows_dir.mkdir(parents=True, exist_ok=True)

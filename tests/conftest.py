@@ -1,22 +1,21 @@
-"""Suite-wide fixtures: every async test runs on uvloop, with asyncio debug checks on."""
+"""Suite-wide fixtures: every async test runs on a uvloop event loop."""
 
 from __future__ import annotations
 
-import asyncio
-import os
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import pytest
 import uvloop
 
 import mechaway.testing.nodes  # noqa: F401  (registers CollectNode, PassNode, ...)
 
-os.environ.setdefault("PYTHONASYNCIODEBUG", "0")
 
-
-@pytest.fixture(scope="session")
-def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
-    """pytest-asyncio runs each async test on a uvloop loop."""
-    return uvloop.EventLoopPolicy()
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], Any]]:
+    """pytest-asyncio runs each async test on a uvloop loop (the daemon's loop)."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,1 @@
+"""Example mechaway plugin: importing ``nodes`` registers ``ScaleNode``."""
