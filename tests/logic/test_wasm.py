@@ -9,8 +9,6 @@ from a real language, so it must not silently skip.
 from __future__ import annotations
 
 import pathlib
-import shutil
-import subprocess
 import time
 import timeit
 from typing import Any
@@ -21,7 +19,6 @@ import wasmtime
 from mechaway.errors import LimitExceeded, SandboxError
 from mechaway.logic.wasm import WasmLoadError, WasmSandbox
 
-SRC = pathlib.Path(__file__).resolve().parents[1] / "wasm_src"
 MSG: dict[str, Any] = {
     "topic": "gh/1/temp",
     "ts": 1_700_000_000.25,
@@ -35,45 +32,6 @@ ECHO = b"""(module (memory (export "memory") 1)
   (func (export "process") (param $p i32) (param $n i32) (result i64)
     (i64.or (i64.shl (i64.extend_i32_u (local.get $p)) (i64.const 32))
             (i64.extend_i32_u (local.get $n)))))"""
-
-
-# --- building the examples -------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def build_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    return tmp_path_factory.mktemp("wasm-build")
-
-
-@pytest.fixture(scope="session")
-def wat_wasm(build_dir: pathlib.Path) -> pathlib.Path:
-    out = build_dir / "threshold-wat.wasm"
-    out.write_bytes(wasmtime.wat2wasm((SRC / "threshold.wat").read_text()))
-    return out
-
-
-@pytest.fixture(scope="session")
-def c_wasm(build_dir: pathlib.Path) -> pathlib.Path:
-    clang = shutil.which("clang")
-    if clang is None:
-        pytest.fail("clang not found: the C example needs `apt-get install -y clang lld`")
-    out = build_dir / "threshold-c.wasm"
-    cmd = [
-        clang, "--target=wasm32", "-O2", "-ffreestanding", "-nostdlib", "-fno-builtin",
-        "-Wall", "-Wextra", "-Werror", "-Wl,--no-entry", "-o", str(out), str(SRC / "threshold.c"),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        pytest.fail(f"building threshold.c failed (is lld installed?):\n{proc.stderr}")
-    assert out.read_bytes().startswith(b"\0asm")
-    return out
-
-
-@pytest.fixture(scope="session")
-def chaos_wasm(build_dir: pathlib.Path) -> pathlib.Path:
-    out = build_dir / "chaos.wasm"
-    out.write_bytes(wasmtime.wat2wasm((SRC / "chaos.wat").read_text()))
-    return out
 
 
 @pytest.fixture
