@@ -119,6 +119,7 @@ class FlowDirWatcher:
 
     async def start(self) -> None:
         await self.scan()
+        await self._forget_vanished()
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name="mechaway.flows.watcher"
         )
@@ -129,6 +130,21 @@ class FlowDirWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+    async def _forget_vanished(self) -> None:
+        """Flows deployed from a file that is gone (deleted while the daemon was down) stop.
+
+        The file is the source of truth for a file-deployed flow; a flow whose active
+        revision came from the API, the hub or a rollback is left alone.
+        """
+        if any(s.error for s in self.files.values()):
+            return  # a rejected file may be the vanished flow's: keep everything running
+        from_files = {s.flow_id for s in self.files.values() if s.flow_id}
+        for revision in self.manager.store.active():
+            if revision.source == "file" and revision.flow_id not in from_files:
+                log.info("flow %s: its file is gone from %s, deleting", revision.flow_id,
+                         self.directory)
+                await self.manager.delete(revision.flow_id)
 
     def nudge(self) -> None:
         """Scan now (SIGHUP)."""

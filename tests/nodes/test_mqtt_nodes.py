@@ -1,0 +1,328 @@
+"""MQTT nodes against a real private mosquitto: in-process flows and the daemon itself."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import orjson
+import pytest
+import pytest_asyncio
+
+from mechaway.drivers.mqtt import Incoming, MqttConnection, MqttSettings
+from mechaway.flow.validate import validate
+from mechaway.nodes.context import Services
+from mechaway.runtime.engine import Engine
+from mechaway.testing.broker import MosquittoBroker, free_port
+from mechaway.testing.nodes import COLLECTED
+
+
+def fast(broker: MosquittoBroker, **kw: Any) -> MqttSettings:
+    return MqttSettings(port=broker.port, reconnect_min=0.05, reconnect_max=0.5, **kw)
+
+
+async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.got: list[Incoming] = []
+
+    def __call__(self, m: Incoming) -> None:
+        self.got.append(m)
+
+
+@pytest.fixture
+def broker() -> Iterator[MosquittoBroker]:
+    with MosquittoBroker() as b:
+        yield b
+
+
+@pytest_asyncio.fixture
+async def rig(broker: MosquittoBroker) -> AsyncIterator[tuple[Engine, MqttConnection]]:
+    """An engine whose ``default`` MQTT connection is the broker, and a test client."""
+    conns: dict[str, MqttConnection] = {}
+
+    async def get(name: str) -> MqttConnection:  # shared per name, as in the daemon
+        if name not in conns:
+            conns[name] = MqttConnection(name, fast(broker, birth=False), device_id="dut")
+            await conns[name].start()
+            await conns[name].wait_connected(5)
+        return conns[name]
+
+    engine = Engine(Services(connections={"mqtt": get}))
+    client = MqttConnection("t", fast(broker, birth=False), device_id="tester")
+    await client.start()
+    await client.wait_connected(5)
+    yield engine, client
+    await engine.stop()
+    for c in [*conns.values(), client]:
+        await c.close()
+
+
+@pytest.mark.asyncio
+async def test_wildcards_templates_and_both_directions(rig: tuple[Engine, MqttConnection]) -> None:
+    engine, client = rig
+    doc = {
+        "id": "m",
+        "nodes": [
+            {"id": "in", "type": "MQTTInNode", "params": {"topic": "sensors/+/temp", "qos": 1}},
+            {"id": "all", "type": "MQTTInNode", "params": {"topic": "sensors/#", "decode": "text"}},
+            {"id": "out", "type": "MQTTOutNode",
+             "params": {"topic": "out/{payload.room}", "qos": 1}},
+            {"id": "seen", "type": "CollectNode"},
+        ],
+        "edges": [{"from": "in", "to": "out"}, {"from": "all", "to": "seen"}],
+    }  # fmt: skip
+    await engine.deploy(validate(doc))
+    inbox = Inbox()
+    client.subscribe("out/#", 1, inbox)
+    await client.wait_subscribed()
+    await asyncio.sleep(0.2)  # the daemon side's SUBACK
+    client.publish("sensors/a/temp", b'{"room": "kitchen", "v": 21.5}', qos=1)
+    client.publish("sensors/b/temp", b'{"room": "attic", "v": 30}', qos=1)
+    client.publish("sensors/a/hum", b'{"room": "kitchen", "v": 40}', qos=1)
+    await until(lambda: len(inbox.got) == 2 and len(COLLECTED.get("m.seen", [])) == 3)
+    assert sorted(m.topic for m in inbox.got) == ["out/attic", "out/kitchen"]
+    assert {json.loads(m.payload)["v"] for m in inbox.got} == {21.5, 30}
+    assert {m.qos for m in inbox.got} == {1}
+    seen = COLLECTED["m.seen"]
+    assert sorted(m["topic"] for m in seen) == ["sensors/a/hum", "sensors/a/temp", "sensors/b/temp"]
+    assert all(isinstance(m["payload"], str) and m["ts"] > 0 for m in seen)
+
+
+@pytest.mark.asyncio
+async def test_garbage_payloads_are_counted_and_routed_to_error(
+    rig: tuple[Engine, MqttConnection],
+) -> None:
+    engine, client = rig
+    doc = {
+        "id": "g",
+        "nodes": [
+            {"id": "in", "type": "MQTTInNode", "params": {"topic": "g/in"}},
+            {"id": "ok", "type": "CollectNode"},
+            {"id": "bad", "type": "CollectNode"},
+        ],
+        "edges": [{"from": "in", "to": "ok"}, {"from": "in", "to": "bad", "port": "error"}],
+    }
+    await engine.deploy(validate(doc))
+    await asyncio.sleep(0.3)
+    for raw in (b"{not json", b"\xff\xfe", b"", b'{"fine": true}', b"[1, 2"):
+        client.publish("g/in", raw, qos=1)
+    await until(lambda: len(COLLECTED.get("g.ok", [])) + len(COLLECTED.get("g.bad", [])) == 5)
+    assert [m["payload"] for m in COLLECTED["g.ok"]] == [{"fine": True}]
+    bad = COLLECTED["g.bad"]
+    assert len(bad) == 4
+    assert base64.b64decode(bad[0]["payload"]) == b"{not json"
+    assert bad[0]["error"]["type"] == "DecodeError"
+    node = engine.status()["g"]["nodes"]["in"]
+    assert node["decode_errors"] == 4 and node["errors"] == 4
+    assert "invalid JSON" in node["last_error"]
+
+
+@pytest.mark.asyncio
+async def test_codecs_round_trip(rig: tuple[Engine, MqttConnection]) -> None:
+    engine, client = rig
+    nodes: list[dict[str, Any]] = []
+    edges: list[dict[str, Any]] = []
+    for codec in ("json", "msgpack", "text", "bytes"):
+        nodes.append(
+            {
+                "id": f"in_{codec}",
+                "type": "MQTTInNode",
+                "params": {"topic": f"c/{codec}", "decode": codec},
+            }
+        )
+        nodes.append(
+            {
+                "id": f"out_{codec}",
+                "type": "MQTTOutNode",
+                "params": {"topic": f"back/{codec}", "encode": codec},
+            }
+        )
+        edges.append({"from": f"in_{codec}", "to": f"out_{codec}"})  # fmt: skip
+    await engine.deploy(validate({"id": "c", "nodes": nodes, "edges": edges}))
+    inbox = Inbox()
+    client.subscribe("back/#", 0, inbox)
+    await client.wait_subscribed()
+    await asyncio.sleep(0.3)
+    sent = {
+        "json": orjson.dumps({"a": [1, 2.5, None]}),
+        "msgpack": msgpack.packb({"a": [1, 2.5, None]}),
+        "text": "grüße".encode(),
+        "bytes": bytes(range(256)),
+    }
+    for codec, raw in sent.items():
+        client.publish(f"c/{codec}", raw)
+    await until(lambda: len(inbox.got) == 4)
+    back = {m.topic.split("/")[1]: m.payload for m in inbox.got}
+    assert orjson.loads(back["json"]) == {"a": [1, 2.5, None]}
+    assert msgpack.unpackb(back["msgpack"]) == {"a": [1, 2.5, None]}
+    assert back["text"] == sent["text"]
+    assert back["bytes"] == sent["bytes"]
+
+
+def test_invalid_topics_are_flow_errors() -> None:
+    from mechaway.errors import FlowError
+
+    for params in ({"topic": "a/#/b"}, {"topic": "a+/b"}, {"topic": ""}, {"topic": "$share/x"}):
+        doc = {"id": "v", "nodes": [{"id": "in", "type": "MQTTInNode", "params": params}]}
+        with pytest.raises(FlowError, match=r"nodes\[0\] \(in\)\.params"):
+            validate(doc)
+    doc = {"id": "v", "nodes": [
+        {"id": "in", "type": "MQTTInNode", "params": {"topic": "x"}},
+        {"id": "out", "type": "MQTTOutNode", "params": {"topic": "a/+/b"}}],
+        "edges": [{"from": "in", "to": "out"}]}  # fmt: skip
+    with pytest.raises(FlowError, match="cannot contain"):
+        validate(doc)
+
+
+# -- the daemon as a subprocess ---------------------------------------------------------------
+class Daemon:
+    """``python -m mechaway start`` with a config pointing at the test broker."""
+
+    def __init__(self, tmp: Path, mqtt: dict[str, Any]) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.flows = tmp / "flows"
+        self.flows.mkdir(exist_ok=True)
+        lines = ["[device]", 'id = "dut"', f'data_dir = "{tmp / "data"}"',
+                 "[api]", f'listen = "127.0.0.1:{self.port}"', "lazy = false",
+                 "[flows]", f'dir = "{self.flows}"', "poll_interval = 0.2",
+                 "[mqtt.default]"]  # fmt: skip
+        lines += [f"{k} = {json.dumps(v)}" for k, v in mqtt.items()]
+        self.config = tmp / "mechaway.toml"
+        self.config.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mechaway", "--config", str(self.config), "start"],
+            stdout=subprocess.DEVNULL, stderr=open(self.tmp / "daemon.log", "ab"),  # noqa: SIM115
+        )  # fmt: skip
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                self.get("/health")
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("daemon did not come up:\n" + (self.tmp / "daemon.log").read_text())
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1{path}", timeout=5) as r:
+            return json.loads(r.read())
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            return self.proc.wait(15)
+        return self.proc.returncode
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+PRODUCER = {
+    "id": "producer",
+    "nodes": [
+        {"id": "tick", "type": "InjectNode", "params": {"interval": 0.01, "repeat": 60}},
+        {"id": "out", "type": "MQTTOutNode", "params": {"topic": "spool/test", "qos": 1}},
+    ],
+    "edges": [{"from": "tick", "to": "out"}],
+}
+
+
+def test_daemon_killed_while_publishes_are_spooled_delivers_them_after_restart(
+    tmp_path: Path,
+) -> None:
+    """QoS 1 publishes made while the broker is down survive kill -9 and arrive in order."""
+    broker = MosquittoBroker()  # not started: the broker is down
+    try:
+        daemon = Daemon(tmp_path, {"port": broker.port, "reconnect_max": 0.5})
+        daemon.start()
+        (daemon.flows / "producer.json").write_text(json.dumps(PRODUCER))
+
+        def spooled() -> int:
+            return int(daemon.get("/status")["connections"]["mqtt.default"]["spool"])
+
+        wait_for(lambda: spooled() == 60)
+        time.sleep(0.5)  # the spool's group commit is a few ms; leave ample margin
+        daemon.kill9()
+        (daemon.flows / "producer.json").unlink()  # the restart must drain without the flow
+
+        broker.start()
+        got: list[float] = []
+        import paho.mqtt.client as paho
+
+        sub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="watcher")
+        sub.on_message = lambda c, u, m: got.append(float(m.payload))
+        sub.connect("127.0.0.1", broker.port)
+        sub.subscribe("spool/test", qos=1)
+        sub.loop_start()
+        try:
+            time.sleep(0.3)
+            daemon.start()
+            wait_for(lambda: len(got) >= 60)
+            time.sleep(0.5)  # nothing more than what was spooled may arrive
+            status = daemon.get("/status")["connections"]["mqtt.default"]
+            assert daemon.stop() == 0
+        finally:
+            sub.loop_stop()
+            sub.disconnect()
+        assert len(got) == 60, "exactly the spooled messages, no duplicates"
+        assert got == sorted(got) and len(set(got)) == 60, "in the order they were published"
+        assert status["spool"] == 0 and status["connected"]
+    finally:
+        broker.close()
+
+
+def test_wrong_password_is_a_clear_status_and_the_daemon_keeps_running(tmp_path: Path) -> None:
+    with MosquittoBroker(users={"edge": "right"}) as broker:
+        daemon = Daemon(tmp_path, {"port": broker.port, "username": "edge", "password": "wrong",
+                                   "reconnect_max": 0.5})  # fmt: skip
+        daemon.start()
+        try:
+            (daemon.flows / "p.json").write_text(json.dumps(PRODUCER))
+
+            def conn() -> dict[str, Any]:
+                return dict(daemon.get("/status")["connections"]["mqtt.default"])
+
+            wait_for(lambda: conn()["counters"]["auth_failures"] >= 2)
+            st = conn()
+            assert not st["connected"]
+            assert "auth" in (st["last_error"] or "").lower() or "refused" in st["state"]
+            assert daemon.get("/health")["status"] == "ok"
+            wait_for(lambda: daemon.get("/status")["flows"].get("producer") is not None)
+            log = (tmp_path / "daemon.log").read_text()
+            assert "Traceback" not in log
+        finally:
+            assert daemon.stop() == 0
+    assert os.path.exists(tmp_path / "data" / "mechaway.db")
