@@ -1,0 +1,438 @@
+"""The MQTT driver against a real private mosquitto (mechaway.testing.broker), never a fake."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from mechaway.drivers.mqtt import (
+    Incoming,
+    MemorySpool,
+    MqttConnection,
+    MqttSettings,
+    parse_settings,
+    topic_matches,
+)
+from mechaway.errors import ConfigError, NotConnected
+from mechaway.testing.broker import MosquittoBroker
+
+
+@pytest.fixture
+def broker() -> Iterator[MosquittoBroker]:
+    b = MosquittoBroker(persistence=True)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.fixture
+def saving_broker() -> Iterator[MosquittoBroker]:
+    """A broker that writes its database at every change: sessions survive SIGKILL."""
+    b = MosquittoBroker(save_every_change=True)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def fast(broker: MosquittoBroker, **kw: Any) -> MqttSettings:
+    """Settings that reconnect quickly (tests measure seconds, not minutes)."""
+    kw.setdefault("reconnect_min", 0.05)
+    kw.setdefault("reconnect_max", 0.3)
+    return MqttSettings(port=broker.port, **kw)
+
+
+async def until(pred: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or pred}")
+        await asyncio.sleep(0.01)
+
+
+class Collect:
+    """A sync handler that records what it receives."""
+
+    def __init__(self) -> None:
+        self.got: list[Incoming] = []
+
+    def __call__(self, msg: Incoming) -> None:
+        self.got.append(msg)
+
+    @property
+    def payloads(self) -> list[bytes]:
+        return [m.payload for m in self.got]
+
+    def topics(self) -> set[str]:
+        return {m.topic for m in self.got}
+
+
+# -- pure parts ---------------------------------------------------------------------------
+def test_topic_matching() -> None:
+    assert topic_matches("a/+/c", "a/b/c")
+    assert not topic_matches("a/+/c", "a/b/d/c")
+    assert topic_matches("a/#", "a")
+    assert topic_matches("a/#", "a/b/c")
+    assert topic_matches("#", "x/y")
+    assert not topic_matches("#", "$SYS/x")
+    assert not topic_matches("+/x", "$SYS/x")
+    assert topic_matches("$share/g/gh/+/temp", "gh/1/temp")
+    assert not topic_matches("a/b", "a/b/c")
+
+
+def test_memory_spool_bound_and_policies() -> None:
+    s = MemorySpool(3, "drop_oldest")
+    for i in range(5):
+        s.append("t", b"%d" % i, 1, False)
+    assert [p for _, _, p, _, _ in s.peek(10)] == [b"2", b"3", b"4"]
+    assert s.dropped == 2 and len(s) == 3
+    first_id = s.peek(1)[0][0]
+    s.remove_upto(first_id)
+    assert [p for _, _, p, _, _ in s.peek(10)] == [b"3", b"4"]
+    n = MemorySpool(2, "drop_new")
+    for i in range(4):
+        n.append("t", b"%d" % i, 1, False)
+    assert [p for _, _, p, _, _ in n.peek(10)] == [b"0", b"1"] and n.dropped == 2
+
+
+def test_settings_validation_names_the_key() -> None:
+    assert parse_settings({"port": "1884"}).port == 1884  # env strings convert
+    with pytest.raises(ConfigError, match=r"mqtt\.plc\.port"):
+        parse_settings({"port": 0}, "mqtt.plc")
+    with pytest.raises(ConfigError, match=r"unknown key.*hots"):
+        parse_settings({"hots": "x"}, "mqtt.plc")
+    with pytest.raises(ConfigError, match="key_file needs cert_file"):
+        parse_settings({"key_file": "k.pem"}, "mqtt.plc")
+    with pytest.raises(ValueError, match="wildcard"):
+        MqttConnection("x", MqttSettings(), device_id="d").publish("a/#", b"")
+    with pytest.raises(ValueError, match="'#' must be"):
+        MqttConnection("x", MqttSettings(), device_id="d").subscribe("a/#/b", 0, Collect())
+
+
+# -- against the broker -----------------------------------------------------------------------
+@pytest.mark.asyncio
+async def test_pubsub_both_ways_qos0_and_qos1(broker: MosquittoBroker) -> None:
+    async with (
+        MqttConnection("a", fast(broker), device_id="dev-a") as a,
+        MqttConnection("b", fast(broker), device_id="dev-b") as b,
+    ):
+        await a.wait_connected(5)
+        await b.wait_connected(5)
+        got_a, got_b = Collect(), Collect()
+        a.subscribe("to/a", 1, got_a)
+        b.subscribe("to/b", 0, got_b)
+        await a.wait_subscribed()
+        await b.wait_subscribed()
+        for i in range(50):
+            a.publish("to/b", b"%d" % i, qos=0)
+            b.publish("to/a", b"%d" % i, qos=1)
+        await until(lambda: len(got_a.got) == 50 and len(got_b.got) == 50)
+        assert got_a.payloads == [b"%d" % i for i in range(50)]
+        assert {m.qos for m in got_a.got} == {1} and {m.qos for m in got_b.got} == {0}
+        await until(lambda: b.status()["inflight"] == 0)
+        st = b.status()
+        assert st["connected"] and st["state"] == "connected"
+        assert st["tcp_nodelay"] is True
+        assert st["counters"]["acked"] >= 50  # 50 + the birth message
+        assert a.status()["counters"]["rx"] == 50
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_wildcards_shared_and_unsubscribe(broker: MosquittoBroker, protocol: str) -> None:
+    """Overlapping filters each get every message once (MQTT 5 brokers send one copy per
+    subscription: the driver routes them by subscription identifier)."""
+    async with (
+        MqttConnection("pub", fast(broker), device_id="pub") as pub,
+        MqttConnection("sub", fast(broker, protocol=protocol), device_id="sub") as sub,
+    ):
+        await pub.wait_connected(5)
+        await sub.wait_connected(5)
+        plus, hash_, shared = Collect(), Collect(), Collect()
+        s_plus = sub.subscribe("gh/+/temp", 1, plus)
+        sub.subscribe("gh/#", 0, hash_)
+        sub.subscribe("$share/grp/sh/+", 1, shared)
+        await sub.wait_subscribed()
+        for topic in ("gh/1/temp", "gh/2/temp", "gh/1/hum", "gh", "other/1/temp", "sh/x"):
+            pub.publish(topic, topic.encode(), qos=1)
+        await until(lambda: len(hash_.got) == 4 and len(shared.got) == 1)
+        await asyncio.sleep(0.05)
+        assert sorted(m.topic for m in plus.got) == ["gh/1/temp", "gh/2/temp"]
+        assert len(hash_.got) == 4
+        assert hash_.topics() == {"gh/1/temp", "gh/2/temp", "gh/1/hum", "gh"}
+        assert shared.topics() == {"sh/x"}
+        sub.unsubscribe(s_plus)
+        pub.publish("gh/3/temp", b"late", qos=1)
+        await until(lambda: len(hash_.got) == 5)
+        await asyncio.sleep(0.05)
+        assert "gh/3/temp" not in plus.topics()
+
+
+@pytest.mark.asyncio
+async def test_qos1_is_acked_only_after_the_async_handler(broker: MosquittoBroker) -> None:
+    """The durable outbox relies on it: a message whose handler had not finished when the
+    connection died is delivered again (persistent session), the finished one is not."""
+    gate = asyncio.Event()
+    calls: list[bytes] = []
+
+    async def slow(msg: Incoming) -> None:
+        calls.append(msg.payload)
+        if msg.payload == b"held":
+            await gate.wait()
+
+    settings = fast(broker, clean_session=False, client_id="persist-1")
+    async with (
+        MqttConnection("pub", fast(broker), device_id="p") as pub,
+        MqttConnection("sub", settings, device_id="s") as sub,
+    ):
+        await pub.wait_connected(5)
+        await sub.wait_connected(5)
+        sub.subscribe("outbox/in", 1, slow)
+        await sub.wait_subscribed()
+        pub.publish("outbox/in", b"done", qos=1)
+        await until(lambda: calls == [b"done"])
+        pub.publish("outbox/in", b"held", qos=1)
+        await until(lambda: calls == [b"done", b"held"])
+        await asyncio.sleep(0.1)
+        sub._session.abort("test: socket dies mid-handler")  # type: ignore[union-attr]
+        await until(lambda: calls.count(b"held") == 2, what="redelivery of the unacked one")
+        gate.set()
+        await until(lambda: sub.status()["connected"])
+        await asyncio.sleep(0.2)
+        assert calls.count(b"done") == 1
+        assert sub.status()["reconnects"] == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+async def test_broker_restart_mid_stream_loses_nothing(
+    saving_broker: MosquittoBroker, how: str
+) -> None:
+    """QoS 1 publishes go on while the broker goes down and comes back.
+
+    SIGTERM (the broker saves sessions and queues): every message arrives, in order, and
+    nothing else (duplicates of unacked ones are QoS 1's right). SIGKILL: the broker loses
+    what it had acknowledged but not yet forwarded, which no client can help; everything
+    it had NOT acknowledged (the driver's responsibility) must still arrive, in order.
+    (The broker saves at every change, so the subscriber's session survives SIGKILL.)
+    """
+    kill = how == "sigkill"
+    broker = saving_broker
+    sub_settings = fast(broker, clean_session=False, client_id=f"restart-sub-{how}")
+    async with (
+        MqttConnection("pub", fast(broker), device_id="rp") as pub,
+        MqttConnection("sub", sub_settings, device_id="rs") as sub,
+    ):
+        await pub.wait_connected(5)
+        await sub.wait_connected(5)
+        got = Collect()
+        sub.subscribe("stream/seq", 1, got)
+        await sub.wait_subscribed()
+        total = 1500
+        published: list[bytes] = []
+
+        async def produce() -> None:
+            for i in range(total):
+                payload = b"%d" % i
+                pub.publish("stream/seq", payload, qos=1)
+                published.append(payload)
+                if i % 10 == 0:
+                    await asyncio.sleep(0.005)
+
+        producer = asyncio.create_task(produce(), name="test.producer")
+        await until(lambda: len(got.got) > 200)
+        await broker.astop(kill=kill)
+        acked_before = pub.status()["counters"]["acked"] - 1  # minus the birth message
+        await until(lambda: not pub.status()["connected"] and not sub.status()["connected"])
+        await asyncio.sleep(0.3)  # publishes keep coming while the broker is down
+        assert pub.status()["counters"]["spooled"] > 0
+        await broker.astart()
+        await producer
+        must = published if not kill else published[acked_before:]
+        await until(
+            lambda: set(must) <= set(got.payloads),
+            timeout=20,
+            what=f"the {len(must)} messages that must arrive",
+        )
+        await until(lambda: pub.status()["inflight"] == 0 and pub.status()["spool"] == 0)
+        first = list(dict.fromkeys(got.payloads))  # first occurrences, in arrival order
+        assert set(first) <= set(published), "a message nobody published"
+        assert [int(p) for p in first] == sorted(int(p) for p in first), "out of order"
+        if not kill:
+            assert first == published
+        st = pub.status()
+        assert st["reconnects"] >= 1 and st["retry_queue"] == 0
+        assert st["counters"]["spool_dropped"] == 0
+
+
+@pytest.mark.asyncio
+async def test_wrong_password_is_a_status_not_an_exception() -> None:
+    with MosquittoBroker(users={"edge": "secret"}) as broker:
+        bad = fast(broker, username="edge", password="wrong", protocol="3.1.1")
+        anon = fast(broker)
+        good = fast(broker, username="edge", password="secret")
+        async with (
+            MqttConnection("bad", bad, device_id="d1") as c1,
+            MqttConnection("anon", anon, device_id="d2") as c2,
+            MqttConnection("good", good, device_id="d3") as c3,
+        ):
+            await until(lambda: c1.status()["state"] == "auth refused", what="refusal")
+            await until(lambda: c2.status()["state"] == "auth refused", what="anon refusal")
+            await c3.wait_connected(5)
+            with pytest.raises(NotConnected, match="auth refused"):
+                await c1.wait_connected(0.2)
+            c1.publish("t", b"kept", qos=1)  # no exception: spooled for later
+            c1.publish("t", b"gone", qos=0)
+            st = c1.status()
+            assert not st["connected"] and "not authorised" in (st["last_error"] or "")
+            assert st["counters"]["auth_failures"] >= 1
+            assert st["counters"]["spooled"] == 1 and st["spool"] == 1
+            assert st["counters"]["qos0_dropped_offline"] == 1
+            await until(
+                lambda: c1.status()["counters"]["auth_failures"] >= 3, what="retries with backoff"
+            )
+
+
+@pytest.mark.asyncio
+async def test_broker_down_at_start_then_up() -> None:
+    broker = MosquittoBroker()
+    try:
+        settings = fast(broker, offline_qos0="queue")
+        async with MqttConnection("late", settings, device_id="late") as conn:
+            await until(lambda: conn.status()["state"] == "unreachable")
+            conn.publish("late/q0", b"0", qos=0)
+            conn.publish("late/q1", b"1", qos=1)
+            assert conn.status()["spool"] == 2
+            await broker.astart()
+            await conn.wait_connected(5)
+            await until(lambda: conn.status()["spool"] == 0, what="spool drained")
+            assert conn.status()["counters"]["connect_failures"] >= 1
+    finally:
+        broker.close()
+
+
+@pytest.mark.asyncio
+async def test_oversize_and_failing_handlers_are_counted(broker: MosquittoBroker) -> None:
+    async with (
+        MqttConnection("pub", fast(broker), device_id="op") as pub,
+        MqttConnection("sub", fast(broker, max_payload_bytes=1000), device_id="os") as sub,
+    ):
+        await pub.wait_connected(5)
+        await sub.wait_connected(5)
+        got = Collect()
+
+        def boom(msg: Incoming) -> None:
+            if msg.payload == b"boom":
+                raise RuntimeError("bad payload")
+            got(msg)
+
+        sub.subscribe("in/#", 1, boom)
+        await sub.wait_subscribed()
+        pub.publish("in/big", b"x" * 2000, qos=1)
+        pub.publish("in/x", b"boom", qos=1)
+        pub.publish("in/small", b"ok", qos=1)
+        await until(lambda: got.payloads == [b"ok"])
+        c = sub.status()["counters"]
+        assert c["oversize_dropped"] == 1 and c["handler_errors"] == 1
+        sub.publish("out", b"y" * 1001, qos=0)
+        assert sub.status()["counters"]["tx_oversize_dropped"] == 1
+        await until(lambda: pub.status()["inflight"] == 0, what="all three acked")
+
+
+@pytest.mark.asyncio
+async def test_birth_and_last_will(broker: MosquittoBroker) -> None:
+    async with MqttConnection("obs", fast(broker), device_id="observer") as obs:
+        await obs.wait_connected(5)
+        status = Collect()
+        obs.subscribe("mechaway/+/status", 1, status)
+        await obs.wait_subscribed()
+
+        def last(device: str) -> bytes | None:
+            mine = [m.payload for m in status.got if m.topic == f"mechaway/{device}/status"]
+            return mine[-1] if mine else None
+
+        # graceful: online, then the retained offline published by close()
+        async with MqttConnection("x", fast(broker), device_id="polite") as conn:
+            await conn.wait_connected(5)
+            await until(lambda: last("polite") == b"online")
+        await until(lambda: last("polite") == b"offline")
+
+        # the socket dies (kill -9): the broker publishes the will
+        code = textwrap.dedent(f"""
+            import asyncio
+            from mechaway.drivers.mqtt import MqttConnection, MqttSettings
+            async def main():
+                conn = MqttConnection("w", MqttSettings(port={broker.port}), device_id="victim")
+                await conn.start()
+                await conn.wait_connected(5)
+                print("READY", flush=True)
+                await asyncio.sleep(60)
+            asyncio.run(main())
+        """)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE, env=env
+        )
+        try:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 20)
+            assert line.strip() == b"READY"
+            await until(lambda: last("victim") == b"online")
+            proc.send_signal(signal.SIGKILL)
+            await until(lambda: last("victim") == b"offline", what="the last will")
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+
+    # retained: a newcomer sees both states without anyone publishing again
+    async with MqttConnection("late", fast(broker), device_id="latecomer") as late:
+        await late.wait_connected(5)
+        seen = Collect()
+        late.subscribe("mechaway/+/status", 0, seen)
+        await until(lambda: {"mechaway/polite/status", "mechaway/victim/status"} <= seen.topics())
+        retained = {m.topic: m.payload for m in seen.got if m.retain}
+        assert retained["mechaway/polite/status"] == b"offline"
+        assert retained["mechaway/victim/status"] == b"offline"
+
+
+@pytest.mark.asyncio
+async def test_close_is_idempotent_and_publish_after_close_raises(broker: MosquittoBroker) -> None:
+    conn = MqttConnection("c", fast(broker), device_id="closer")
+    await conn.start()
+    await conn.wait_connected(5)
+    await conn.close()
+    await conn.close()
+    assert conn.status()["state"] == "closed"
+    with pytest.raises(NotConnected):
+        conn.publish("t", b"x")
+
+
+def test_runs_under_uvloop(broker: MosquittoBroker) -> None:
+    """The daemon runs on uvloop: the same round trip there."""
+    import uvloop
+
+    async def scenario() -> list[bytes]:
+        got = Collect()
+        async with MqttConnection("u", fast(broker), device_id="uv") as conn:
+            await conn.wait_connected(5)
+            conn.subscribe("uv/+", 1, got)
+            await conn.wait_subscribed()
+            for i in range(20):
+                conn.publish(f"uv/{i % 3}", b"%d" % i, qos=i % 2)
+            await until(lambda: len(got.got) == 20)
+            assert conn.status()["tcp_nodelay"] is True
+        return got.payloads
+
+    assert uvloop.run(scenario()) == [b"%d" % i for i in range(20)]
