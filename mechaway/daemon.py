@@ -20,8 +20,10 @@ from mechaway.nodes.context import Services
 from mechaway.runtime.engine import Engine
 from mechaway.runtime.manager import FlowDirWatcher, FlowManager
 from mechaway.settings import Settings, parse_listen
+from mechaway.store.context import ContextKeeper
 from mechaway.store.db import Database
 from mechaway.store.flows import FlowStore
+from mechaway.store.maintenance import Maintenance
 from mechaway.store.spool import SqliteSpool
 
 log = logging.getLogger("mechaway.daemon")
@@ -72,6 +74,10 @@ class Daemon:
             device_id=settings.device.id, data_dir=settings.data_dir, store=self.db
         )
         self.engine = Engine(self.services, stop_timeout=settings.engine.stop_timeout)
+        #: node state of ``persist: true`` nodes: restored on create, saved on retire/periodically
+        self.contexts = ContextKeeper(self.db)
+        self.contexts.attach(self.engine)
+        self.maintenance = Maintenance(self.db)
         self.manager = FlowManager(self.engine, self.store)
         self.watcher: FlowDirWatcher | None = None
         self._runner: Any = None
@@ -131,7 +137,11 @@ class Daemon:
             "connections": {
                 f"{kind}.{name}": drv.status() for (kind, name), drv in self._drivers.items()
             },
-            "store": self.db.stats(),
+            "store": {
+                **self.db.stats(),
+                "context": self.contexts.status(),
+                "maintenance": self.maintenance.status(),
+            },
             "plugins": self.plugin_reports(),
         }
 
@@ -165,6 +175,8 @@ class Daemon:
             self._watch_packs(), name="mechaway.plugins.watcher"
         )
         self.db.open()
+        await self.contexts.start()
+        await self.maintenance.start()
         # configured connections, and any with publishes spooled before a restart, connect
         # now: spooled messages drain even if no flow uses their connection any more
         spooled = {r[0] for r in self.db.read("SELECT DISTINCT conn FROM mqtt_spool")}
@@ -230,7 +242,15 @@ class Daemon:
         from mechaway.api.server import make_app
 
         api = self.settings.api
-        app = make_app(self.manager, self.status, token=api.token, max_body=api.max_body_bytes)
+        from mechaway.store.series import SeriesStore
+
+        app = make_app(
+            self.manager,
+            self.status,
+            token=api.token,
+            max_body=api.max_body_bytes,
+            series_store=SeriesStore.of(self.db),
+        )
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         await web.SockSite(runner, sock).start()
@@ -263,6 +283,8 @@ class Daemon:
                 asyncio.get_running_loop().remove_reader(self._api_sock.fileno())
             self._api_sock.close()
             self._api_sock = None
+        await self.maintenance.stop()
+        await self.contexts.stop()  # retiring nodes save their state through the engine hook
         await self.engine.stop()
         for key, drv in list(self._drivers.items()):
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -19,6 +20,7 @@ from mechaway.errors import FlowError, Issue
 from mechaway.flow.parse import parse_text
 from mechaway.nodes.registry import node_types, params_schema
 from mechaway.runtime.manager import FlowManager
+from mechaway.store.series import SeriesNotFound, SeriesStore
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 StatusFn = Callable[[], dict[str, Any]]
@@ -28,6 +30,7 @@ MANAGER: web.AppKey[FlowManager] = web.AppKey("manager", FlowManager)
 STATUS: web.AppKey[StatusFn] = web.AppKey("status", Callable)  # type: ignore[arg-type]
 TOKEN: web.AppKey[str | None] = web.AppKey("token", str)
 STARTED: web.AppKey[float] = web.AppKey("started", float)
+SERIES: web.AppKey[SeriesStore] = web.AppKey("series", SeriesStore)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -166,8 +169,51 @@ async def schema(request: web.Request) -> web.Response:
     return _json({n: params_schema(n) for n in node_types()})
 
 
+def _when(query: Any, key: str) -> float | None:
+    """``?from=``/``?to=``: epoch seconds or ISO 8601 (naive means UTC)."""
+    raw = query.get(key)
+    if raw is None or raw == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(f"{key}: expected epoch seconds or ISO 8601, got {raw!r}") from None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+async def series(request: web.Request) -> web.Response:
+    """Local history of a series: ``?from=&to=&agg=mean|min|max|count&bucket=SECONDS&limit=``."""
+    name = request.match_info["name"]
+    q = request.query
+    try:
+        bucket = float(q["bucket"]) if q.get("bucket") else None
+        limit = int(q.get("limit", "10000"))
+        result = await request.app[SERIES].query(
+            name,
+            start=_when(q, "from"),
+            end=_when(q, "to"),
+            agg=q.get("agg") or None,
+            bucket=bucket,
+            limit=limit,
+        )
+    except SeriesNotFound:
+        return _error(404, f"no series {name!r}")
+    except ValueError as err:
+        return _error(400, str(err))
+    return _json(result)
+
+
 def make_app(
-    manager: FlowManager, status_fn: StatusFn, *, token: str | None, max_body: int
+    manager: FlowManager,
+    status_fn: StatusFn,
+    *,
+    token: str | None,
+    max_body: int,
+    series_store: SeriesStore | None = None,
 ) -> web.Application:
     """The admin API application."""
     app = web.Application(middlewares=[_guard], client_max_size=max_body)
@@ -187,4 +233,7 @@ def make_app(
     r.add_get(f"{PREFIX}/plugins", plugins)
     r.add_get(f"{PREFIX}/schema", schema)
     r.add_get(f"{PREFIX}/schema/{{type}}", schema)
+    if series_store is not None:
+        app[SERIES] = series_store
+        r.add_get(f"{PREFIX}/series/{{name:.+}}", series)
     return app

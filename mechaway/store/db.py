@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import queue
 import sqlite3
@@ -64,15 +65,34 @@ def register_migration(version: int, script: str) -> None:
     MIGRATIONS.sort()
 
 
+#: store modules whose tables live in the file: importing one registers its migrations,
+#: so ``open`` creates every table whichever module the caller imported first
+SCHEMA_MODULES = (
+    "mechaway.store.context",
+    "mechaway.store.kv",
+    "mechaway.store.series",
+    "mechaway.store.vectors",
+    "mechaway.store.outbox",
+    "mechaway.store.maintenance",
+)
+
 _STOP = object()
 
 
 class Database:
     """One SQLite file: a writer thread (group commit) and a reader connection."""
 
-    def __init__(self, path: Path | str, *, batch_max: int = 2000) -> None:
+    def __init__(
+        self, path: Path | str, *, batch_max: int = 2000, commit_interval: float = 0.01
+    ) -> None:
         self.path = Path(path)
         self.batch_max = batch_max
+        #: group commit window: a commit starts at most this long after the previous one
+        #: started (earlier when ``batch_max`` writes are queued), so a steady stream costs
+        #: at most 1/commit_interval fsyncs per second whatever its message rate
+        self.commit_interval = commit_interval
+        #: True after a NORMAL commit that no fsync has covered yet (the sync floor's cue)
+        self.unsynced = False
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
@@ -91,8 +111,13 @@ class Database:
     def open(self) -> None:
         """Open (creating if needed), check integrity, migrate; start the writer thread."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        for module in SCHEMA_MODULES:
+            importlib.import_module(module)
         try:
             conn = self._connect()
+            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+                # a new file: freed pages can later be given back in small steps
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
                 raise StoreError(f"{self.path}: cannot enable WAL (journal_mode={mode})")
@@ -108,6 +133,7 @@ class Database:
                 f"{self.path.name}` and start again."
             ) from err
         conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA journal_size_limit=8388608")  # WAL shrinks back after checkpoints
         self._reader = self._connect()
         self._reader.execute("PRAGMA query_only=1")
         self._thread = threading.Thread(
@@ -173,20 +199,24 @@ class Database:
     def _run(self, conn: sqlite3.Connection) -> None:
         q = self._q
         stopping = False
+        started = 0.0
         while not stopping:
             item = q.get()
             if item is _STOP:
                 break
             batch = [item]
+            deadline = started + self.commit_interval
             while len(batch) < self.batch_max:
+                wait = deadline - time.monotonic()
                 try:
-                    nxt = q.get_nowait()
+                    nxt = q.get(timeout=wait) if wait > 0 else q.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is _STOP:
                     stopping = True
                     break
                 batch.append(nxt)
+            started = time.monotonic()
             self._commit(conn, batch)
         try:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -217,6 +247,7 @@ class Database:
             self.commits += 1
             self.fsync_commits += durable
             self.ops += len(batch)
+            self.unsynced = not durable
         except sqlite3.Error as exc:
             log.error("%s: commit of %d writes failed: %s", self.path, len(batch), exc)
             with contextlib.suppress(sqlite3.Error):

@@ -1,0 +1,454 @@
+"""Storage nodes: key-value, telemetry series, vectors, and the durable outbox to the hub.
+
+Every write goes through the store's single writer, coalesced per loop tick. The sinks
+(``KVSetNode``, ``StoreNode``, ``VectorStoreNode``) do not wait for each commit before
+taking the next message: they keep at most ``max_inflight`` writes uncommitted and count
+a failed commit as an error of the node. ``UpstreamNode`` is a pure node on purpose: it
+appends synchronously while the producer's ``emit`` is still running, which is what lets
+a source await exactly its message's durability (``mechaway.store.outbox.receipt``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import math
+import time
+from typing import Any, ClassVar, Literal
+
+from mechaway.errors import StoreError
+from mechaway.nodes.base import (
+    Message,
+    Node,
+    NodeParams,
+    Result,
+    SinkNode,
+    SinkParams,
+    get_path,
+    split_path,
+)
+from mechaway.nodes.registry import register_node
+from mechaway.store.kv import KVStore
+from mechaway.store.outbox import Outbox, OutboxFull, Policy
+from mechaway.store.series import SeriesStore
+from mechaway.store.vectors import VectorStore
+
+_MISSING = object()
+
+
+def _db(node: Node) -> Any:
+    db = node.ctx.services.store
+    if db is None:
+        raise StoreError(f"{node.type_name} needs the daemon's store (none is configured)")
+    return db
+
+
+def _with(msg: Message, keys: tuple[str | int, ...], value: Any) -> Message:
+    """A copy of ``msg`` with ``value`` at the dict path ``keys`` (copying along the path)."""
+    names = [k for k in keys if isinstance(k, str)]
+    if not keys or len(names) != len(keys):
+        raise ValueError(f"output path {keys!r} must name object keys only")
+    out = dict(msg)
+    cur = out
+    for k in names[:-1]:
+        nxt = cur.get(k)
+        nxt = dict(nxt) if isinstance(nxt, dict) else {}
+        cur[k] = nxt
+        cur = nxt
+    cur[names[-1]] = value
+    return out
+
+
+def _key(msg: Message, static: str | None, path: tuple[str | int, ...], where: str) -> str:
+    if static is not None:
+        return static
+    k = get_path(msg, path)
+    if isinstance(k, bool) or not isinstance(k, str | int) or k == "":
+        raise ValueError(f"{where} is not a usable key: {k!r}")
+    return str(k)
+
+
+class _Inflight:
+    """Writes a sink submitted but whose commit it has not seen: bounded, failures counted."""
+
+    def __init__(self, node: Node, limit: int) -> None:
+        self.node = node
+        self.limit = limit
+        self._live: set[asyncio.Future[Any]] = set()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    async def add(self, fut: asyncio.Future[Any]) -> None:
+        self._live.add(fut)
+        fut.add_done_callback(self._done)
+        if len(self._live) >= self.limit:
+            self._room.clear()
+            await self._room.wait()
+
+    def _done(self, fut: asyncio.Future[Any]) -> None:
+        self._live.discard(fut)
+        if len(self._live) < self.limit:
+            self._room.set()
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            st = self.node.stats
+            st.errors += 1
+            st.last_error = f"{type(exc).__name__}: {exc}"
+            st.last_error_ts = time.time()
+            self.node.ctx.burst.warning("write failed: %s", st.last_error)
+
+    async def drain(self) -> None:
+        if self._live:
+            await asyncio.gather(*list(self._live), return_exceptions=True)
+
+
+class _StoreSink(SinkNode):
+    """A sink that hands writes to the store without waiting for each commit."""
+
+    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+        super().__init__(node_id, params, ctx)
+        self._inflight = _Inflight(self, params.max_inflight)
+
+    async def stop(self) -> None:
+        await self._inflight.drain()
+
+
+class StoreSinkParams(SinkParams):
+    #: writes handed to the store and not yet committed, at most (then the sink waits)
+    max_inflight: int = 10_000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_inflight < 1:
+            raise ValueError("max_inflight must be >= 1")
+
+
+# -- key-value ---------------------------------------------------------------------------------
+class KVSetParams(StoreSinkParams):
+    #: key namespace (default: the flow id)
+    namespace: str = ""
+    #: a fixed key; when unset the key is read from ``key_property``
+    key: str | None = None
+    key_property: str = "topic"
+    #: what to store (``null`` deletes the key)
+    property: str = "payload"
+    #: seconds until the key expires (``null``: never)
+    ttl: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ttl is not None and not self.ttl > 0:
+            raise ValueError("ttl must be > 0")
+        if self.key == "":
+            raise ValueError("key must not be empty")
+
+
+@register_node("KVSetNode")
+class KVSetNode(_StoreSink):
+    """Store a message property under a namespaced key, with an optional time to live."""
+
+    Params = KVSetParams
+
+    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+        super().__init__(node_id, params, ctx)
+        self._ns = params.namespace or ctx.flow_id
+        self._key_path = split_path(params.key_property)
+        self._path = split_path(params.property)
+        self._kv: KVStore | None = None
+
+    async def start(self) -> None:
+        self._kv = KVStore.of(_db(self))
+
+    async def write(self, msg: Message) -> Result:
+        assert self._kv is not None, "node not started"
+        key = _key(msg, self.params.key, self._key_path, self.params.key_property)
+        value = get_path(msg, self._path)
+        if value is None:
+            fut = self._kv.delete(self._ns, key)
+        else:
+            fut = self._kv.set(self._ns, key, value, ttl=self.params.ttl)
+        await self._inflight.add(fut)
+        return None
+
+
+class KVGetParams(NodeParams):
+    namespace: str = ""
+    key: str | None = None
+    key_property: str = "topic"
+    #: where the value goes in the message passed on
+    output: str = "payload"
+
+    def __post_init__(self) -> None:
+        if self.key == "":
+            raise ValueError("key must not be empty")
+
+
+@register_node("KVGetNode")
+class KVGetNode(Node):
+    """Look a key up: the value goes to ``output`` on ``out``; absent/expired: ``missing``."""
+
+    Params = KVGetParams
+    ports: ClassVar[tuple[str, ...]] = ("out", "missing")
+
+    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+        super().__init__(node_id, params, ctx)
+        self._ns = params.namespace or ctx.flow_id
+        self._key_path = split_path(params.key_property)
+        self._out = split_path(params.output)
+        self._kv: KVStore | None = None
+
+    async def start(self) -> None:
+        self._kv = KVStore.of(_db(self))
+
+    def process(self, msg: Message) -> Result:
+        assert self._kv is not None, "node not started"
+        key = _key(msg, self.params.key, self._key_path, self.params.key_property)
+        value = self._kv.get(self._ns, key, _MISSING)
+        if value is _MISSING:
+            return [("missing", msg)]
+        return _with(msg, self._out, value)
+
+
+# -- telemetry series --------------------------------------------------------------------------
+class StoreParams(StoreSinkParams):
+    #: series name; when unset the message topic names the series
+    series: str | None = None
+    property: str = "payload"
+    #: keep samples this many seconds (``null``: the store default, 7 days)
+    max_age_s: float | None = None
+    #: keep at most this many accounted bytes (``null``: the store default, 16 MiB)
+    max_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_age_s is not None and not self.max_age_s > 0:
+            raise ValueError("max_age_s must be > 0")
+        if self.max_bytes is not None and self.max_bytes < 1024:
+            raise ValueError("max_bytes must be >= 1024")
+        if self.series == "":
+            raise ValueError("series must not be empty")
+
+
+@register_node("StoreNode")
+class StoreNode(_StoreSink):
+    """Append a message property to a named telemetry series (``GET /api/v1/series/NAME``)."""
+
+    Params = StoreParams
+
+    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+        super().__init__(node_id, params, ctx)
+        self._path = split_path(params.property)
+        self._series: SeriesStore | None = None
+
+    async def start(self) -> None:
+        self._series = SeriesStore.of(_db(self))
+
+    async def write(self, msg: Message) -> Result:
+        assert self._series is not None, "node not started"
+        p = self.params
+        name = p.series or msg.get("topic")
+        if not isinstance(name, str) or not name:
+            raise ValueError("no series name (set series, or send messages with a topic)")
+        value = get_path(msg, self._path, _MISSING)
+        if value is _MISSING:
+            raise ValueError(f"{p.property} is missing")
+        ts = msg.get("ts")
+        if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+            ts = None
+        fut = self._series.append(name, value, ts, max_age_s=p.max_age_s, max_bytes=p.max_bytes)
+        await self._inflight.add(fut)
+        return None
+
+
+# -- vectors -----------------------------------------------------------------------------------
+class VectorStoreParams(StoreSinkParams, kw_only=True):
+    collection: str
+    #: the vector (a list of numbers)
+    property: str = "payload"
+    #: where a stable key is (storing the same key again replaces the vector)
+    key_property: str | None = None
+    #: what to keep beside the vector and return with search hits
+    meta_property: str | None = None
+    #: beyond this many vectors in the collection, the oldest are deleted
+    max_vectors: int | None = 100_000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.collection:
+            raise ValueError("collection must not be empty")
+        if self.max_vectors is not None and self.max_vectors < 1:
+            raise ValueError("max_vectors must be >= 1")
+
+
+@register_node("VectorStoreNode")
+class VectorStoreNode(_StoreSink):
+    """Keep an embedding (and optional metadata) in a collection for similarity search."""
+
+    Params = VectorStoreParams
+
+    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+        super().__init__(node_id, params, ctx)
+        self._path = split_path(params.property)
+        self._key = split_path(params.key_property) if params.key_property else None
+        self._meta = split_path(params.meta_property) if params.meta_property else None
+        self._vs: VectorStore | None = None
+
+    async def start(self) -> None:
+        self._vs = VectorStore.of(_db(self))
+
+    async def write(self, msg: Message) -> Result:
+        assert self._vs is not None, "node not started"
+        p = self.params
+        key = _key(msg, None, self._key, p.key_property) if self._key is not None else None
+        meta = get_path(msg, self._meta) if self._meta is not None else None
+        fut = self._vs.add(
+            p.collection, get_path(msg, self._path), key=key, meta=meta, max_vectors=p.max_vectors
+        )
+        await self._inflight.add(fut)
+        return None
+
+
+class VectorQueryParams(SinkParams, kw_only=True):
+    collection: str
+    property: str = "payload"
+    k: int = 5
+    metric: Literal["cosine", "l2"] = "cosine"
+    #: where the hits go: ``[{key, distance, meta}, ...]``, nearest first
+    output: str = "neighbors"
+    #: when the nearest hit is farther than this (or there is none): port ``anomaly``
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.collection:
+            raise ValueError("collection must not be empty")
+        if not 1 <= self.k <= 1000:
+            raise ValueError("k must be within 1..1000")
+
+
+@register_node("VectorQueryNode")
+class VectorQueryNode(SinkNode):
+    """k nearest stored vectors (cosine or L2); far from all of them: port ``anomaly``."""
+
+    Params = VectorQueryParams
+    ports: ClassVar[tuple[str, ...]] = ("out", "anomaly")
+
+    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+        super().__init__(node_id, params, ctx)
+        self._path = split_path(params.property)
+        self._out = split_path(params.output)
+        self._vs: VectorStore | None = None
+
+    async def start(self) -> None:
+        self._vs = VectorStore.of(_db(self))
+
+    async def write(self, msg: Message) -> Result:
+        assert self._vs is not None, "node not started"
+        p = self.params
+        hits = await self._vs.query(p.collection, get_path(msg, self._path), k=p.k, metric=p.metric)
+        out = _with(msg, self._out, [h.as_dict() for h in hits])
+        if p.threshold is not None and (not hits or hits[0].distance > p.threshold):
+            return [("anomaly", out)]
+        return out
+
+    def status(self) -> dict[str, Any] | None:
+        return {"backend": self._vs.backend or None} if self._vs is not None else None
+
+
+# -- the outbox --------------------------------------------------------------------------------
+class UpstreamParams(NodeParams):
+    #: topic stored with the message (default: the message's own topic)
+    topic: str | None = None
+    #: what is sent to the hub
+    property: str = "payload"
+    #: when the outbox is at its bound: refuse the new message, or evict the oldest
+    policy: Policy = "reject_new"
+    max_messages: int = 1_000_000
+    max_bytes: int = 256 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_messages < 1 or self.max_bytes < 1024:
+            raise ValueError("max_messages must be >= 1 and max_bytes >= 1024")
+
+
+@register_node("UpstreamNode")
+class UpstreamNode(Node):
+    """Queue the message for the hub in the durable outbox (fsynced before acknowledged).
+
+    Emits ``{..., "seq": n}`` on ``out`` once the message is durable. A message flagged
+    ``dup: true`` (a producer's retry) is stored with the duplicate flag.
+    """
+
+    Params = UpstreamParams
+    ports: ClassVar[tuple[str, ...]] = ("out",)
+
+    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+        super().__init__(node_id, params, ctx)
+        self._path = split_path(params.property)
+        self._outbox: Outbox | None = None
+        self._live: set[asyncio.Future[int]] = set()
+        self.acked = 0
+        self.rejected = 0
+
+    async def start(self) -> None:
+        self._outbox = Outbox.of(_db(self))
+
+    def process(self, msg: Message) -> Result:
+        assert self._outbox is not None, "node not started"
+        p = self.params
+        topic = p.topic if p.topic is not None else msg.get("topic", "")
+        ts = msg.get("ts")
+        if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+            ts = None
+        fut = self._outbox.append(
+            str(topic),
+            get_path(msg, self._path),
+            ts=ts,
+            dup=bool(msg.get("dup")),
+            policy=p.policy,
+            max_messages=p.max_messages,
+            max_bytes=p.max_bytes,
+        )
+        self._live.add(fut)
+        fut.add_done_callback(functools.partial(self._committed, msg))
+        return None
+
+    def _committed(self, msg: Message, fut: asyncio.Future[int]) -> None:
+        self._live.discard(fut)
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is None:
+            self.acked += 1
+            self.emit({**msg, "seq": fut.result()})
+            return
+        self.rejected += 1
+        self.stats.dropped += 1
+        if not isinstance(exc, OutboxFull):
+            self.stats.errors += 1
+        self.ctx.burst.warning("message not queued for the hub: %s", exc)
+
+    async def stop(self) -> None:
+        if self._live:
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*list(self._live), return_exceptions=True)
+
+    def status(self) -> dict[str, Any] | None:
+        out: dict[str, Any] = {"acked": self.acked, "rejected": self.rejected}
+        if self._outbox is not None:
+            with contextlib.suppress(Exception):
+                out["outbox"] = self._outbox.state()
+        return out
+
+
+__all__ = [
+    "KVGetNode",
+    "KVSetNode",
+    "StoreNode",
+    "UpstreamNode",
+    "VectorQueryNode",
+    "VectorStoreNode",
+]

@@ -1,0 +1,96 @@
+"""Coalescing of many small writes into one writer op per event-loop tick.
+
+A node that appends one row per message would otherwise queue one op (and one
+cross-thread future) per message. ``Coalescer.add`` costs a list append on the loop; at
+the end of the tick (``call_soon``) everything gathered becomes ONE op for the writer
+thread, and each caller's asyncio future resolves with its own result after the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import sqlite3
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar, cast
+
+from mechaway.store.db import Database
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: ``run(conn, items)`` -> one result per item; an ``Exception`` instance fails that item only
+BatchOp = Callable[[sqlite3.Connection, list[T]], list[Any]]
+
+
+class Coalescer(Generic[T, R]):
+    """Gathers items added during one loop tick into ONE writer op (``durable`` or not)."""
+
+    def __init__(
+        self, db: Database, run: BatchOp[T], *, durable: bool, max_batch: int = 5000
+    ) -> None:
+        self.db = db
+        self.run = run
+        self.durable = durable
+        self.max_batch = max_batch
+        self._items: list[T] = []
+        self._futs: list[asyncio.Future[R]] = []
+        self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: items added whose commit has not been reported yet
+        self.pending = 0
+
+    def add(self, item: T) -> asyncio.Future[R]:
+        """Queue ``item`` for the next op; the future resolves after its commit."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        fut: asyncio.Future[R] = loop.create_future()
+        self._items.append(item)
+        self._futs.append(fut)
+        self.pending += 1
+        if len(self._items) >= self.max_batch:
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self.flush)
+        return fut
+
+    def flush(self) -> None:
+        """Submit what was gathered now (normally called at the end of the tick)."""
+        self._scheduled = False
+        if not self._items:
+            return
+        items, futs = self._items, self._futs
+        self._items, self._futs = [], []
+        run = self.run
+        try:
+            cf = self.db.submit(lambda conn: run(conn, items), durable=self.durable)
+        except Exception as exc:
+            self._settle(futs, None, exc)
+            return
+        loop = self._loop
+        assert loop is not None
+
+        def done(f: concurrent.futures.Future[list[Any]]) -> None:
+            # runs on the writer thread: hand the outcome to the loop
+            exc = f.exception()
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(self._settle, futs, None if exc else f.result(), exc)
+
+        cf.add_done_callback(done)
+
+    def _settle(
+        self, futs: list[asyncio.Future[R]], results: list[Any] | None, exc: BaseException | None
+    ) -> None:
+        self.pending -= len(futs)
+        for i, fut in enumerate(futs):
+            if fut.done():
+                continue
+            r = exc if results is None else results[i]
+            if isinstance(r, BaseException):
+                fut.set_exception(r)
+                fut.exception()  # retrieved: a failure nobody awaits is counted, not logged
+            else:
+                fut.set_result(cast(R, r))

@@ -1,0 +1,157 @@
+"""Housekeeping of the SQLite file, in small steps that never stall the event loop.
+
+Every ``tick`` seconds, one task:
+
+- runs each store's ``maintain`` (series age/size retention, expired KV keys): work is
+  done by the writer thread in ops of at most a few thousand rows, so other writes
+  interleave and no transaction is long;
+- keeps the **sync floor**: if a ``synchronous=NORMAL`` commit is not yet covered by an
+  fsync, it queues a tiny durable write, whose fsync of the WAL makes every earlier
+  commit durable too. A power cut therefore loses at most ``sync_floor`` seconds of
+  non-outbox data, at a cost of at most one fsync per ``sync_floor``;
+- gives free pages back to the file system only when they pile up (a retention limit
+  was lowered): ``PRAGMA incremental_vacuum`` of ``vacuum_step_pages`` per op when more
+  than ``vacuum_free_ratio`` of the file and ``vacuum_min_bytes`` are free. Freed pages
+  are otherwise simply reused: shrinking and growing again would only wear the card.
+
+Checkpoints: SQLite's automatic checkpoint (every 1000 WAL pages, ~4 MB) runs on the
+writer thread, never on the loop; ``journal_size_limit`` trims the WAL file back after
+it. ``VACUUM`` is never run by the daemon: it rewrites the whole file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from typing import Any, Protocol
+
+from mechaway.store.db import Database, register_migration
+from mechaway.store.kv import KVStore
+from mechaway.store.outbox import Outbox
+from mechaway.store.series import SeriesStore
+from mechaway.store.vectors import VectorStore
+
+log = logging.getLogger("mechaway.store.maintenance")
+
+register_migration(
+    205,
+    """
+    CREATE TABLE store_meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+    INSERT INTO store_meta(k, v) VALUES ('sync_floor', 0);
+    """,
+)
+
+
+class _Maintained(Protocol):
+    async def maintain(self) -> None: ...
+
+
+def _mark_synced(conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE store_meta SET v = ? WHERE k = 'sync_floor'", (time.time(),))
+
+
+class Maintenance:
+    """The periodic housekeeping task of one ``Database``."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        tick: float = 1.0,
+        sync_floor: float = 1.0,
+        vacuum_free_ratio: float = 0.25,
+        vacuum_min_bytes: int = 8 * 1024 * 1024,
+        vacuum_step_pages: int = 256,
+    ) -> None:
+        self.db = db
+        self.tick = tick
+        self.sync_floor = sync_floor
+        self.vacuum_free_ratio = vacuum_free_ratio
+        self.vacuum_min_bytes = vacuum_min_bytes
+        self.vacuum_step_pages = vacuum_step_pages
+        self._task: asyncio.Task[None] | None = None
+        self._last_floor = 0.0
+        self.floor_syncs = 0
+        self.vacuum_steps = 0
+        self.last_run_ms = 0.0
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="mechaway.store.maintenance"
+            )
+
+    async def stop(self) -> None:
+        """Cancel the task. Idempotent."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick)
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("store maintenance failed (will retry)")
+
+    def _stores(self) -> list[_Maintained]:
+        found: list[_Maintained | None] = [
+            SeriesStore.existing(self.db),
+            KVStore.existing(self.db),
+            VectorStore.existing(self.db),
+            Outbox.existing(self.db),
+        ]
+        return [s for s in found if s is not None]
+
+    async def run_once(self) -> None:
+        """One round: retention, sync floor, a vacuum step if due."""
+        t0 = time.perf_counter()
+        for store in self._stores():
+            await store.maintain()
+        await self.sync()
+        await self.vacuum_step()
+        self.last_run_ms = (time.perf_counter() - t0) * 1000.0
+
+    async def sync(self, *, force: bool = False) -> bool:
+        """Make every NORMAL commit so far durable (one fsync) if the floor is due."""
+        now = time.monotonic()
+        if not self.db.unsynced or (not force and now - self._last_floor < self.sync_floor):
+            return False
+        self._last_floor = now
+        await self.db.write(_mark_synced, durable=True)
+        self.floor_syncs += 1
+        return True
+
+    def free_pages(self) -> tuple[int, int, int]:
+        """(free pages, total pages, page size) of the file."""
+        free = self.db.read("PRAGMA freelist_count")[0][0]
+        total = self.db.read("PRAGMA page_count")[0][0]
+        size = self.db.read("PRAGMA page_size")[0][0]
+        return int(free), int(total), int(size)
+
+    async def vacuum_step(self) -> bool:
+        """Give ``vacuum_step_pages`` free pages back, if they pile up (incremental mode)."""
+        if self.db.read("PRAGMA auto_vacuum")[0][0] != 2:
+            return False
+        free, total, size = self.free_pages()
+        if free * size < self.vacuum_min_bytes or free < self.vacuum_free_ratio * total:
+            return False
+        step = self.vacuum_step_pages
+        await self.db.write(lambda c: c.execute(f"PRAGMA incremental_vacuum({step})").fetchall())
+        self.vacuum_steps += 1
+        return True
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "floor_syncs": self.floor_syncs,
+            "vacuum_steps": self.vacuum_steps,
+            "last_run_ms": round(self.last_run_ms, 3),
+        }

@@ -1,0 +1,385 @@
+"""Telemetry series: named, time-stamped samples with retention by age and by size.
+
+Samples are appended through the single writer, coalesced into one op per loop tick and
+committed with ``synchronous=NORMAL`` (they survive ``kill -9``; a power cut may lose the
+last second, see ``Maintenance``'s sync floor). Numbers (and booleans, as 0/1) are stored
+in ``value`` and can be aggregated; anything else is kept as JSON in ``data``.
+
+Retention never takes a long lock: the size bound of a series is enforced inside the
+append op that crossed it (deleting at most a few thousand of its oldest samples, so a
+series never stays over its bound at a commit boundary, even under a flood); age limits
+and the total bound are enforced by ``maintain`` in ops of ``batch`` rows each.
+
+Sizes are *accounted* bytes: ``ROW_COST`` per sample (row, index entry, page slack) plus
+the length of its JSON data. The file itself is larger by SQLite's own overhead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import sqlite3
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import orjson
+
+from mechaway.store.batching import Coalescer
+from mechaway.store.db import Database, register_migration
+
+register_migration(
+    202,
+    """
+    CREATE TABLE series (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        rows INTEGER NOT NULL DEFAULT 0,
+        bytes INTEGER NOT NULL DEFAULT 0,
+        max_age_s REAL,
+        max_bytes INTEGER,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE samples (
+        id INTEGER PRIMARY KEY,
+        series_id INTEGER NOT NULL,
+        ts REAL NOT NULL,
+        value REAL,
+        data BLOB
+    );
+    CREATE INDEX samples_by_time ON samples(series_id, ts);
+    """,
+)
+
+#: accounted bytes of one sample beyond its JSON data
+ROW_COST = 40
+Agg = Literal["mean", "min", "max", "count"]
+AGGS: dict[str, str] = {"mean": "avg(value)", "min": "min(value)", "max": "max(value)",
+                        "count": "count(*)"}  # fmt: skip
+
+
+class SeriesNotFound(KeyError):
+    """No series of that name."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    name: str
+    ts: float
+    value: float | None
+    data: bytes | None
+    max_age_s: float | None
+    max_bytes: int | None
+
+
+def encode_value(v: Any) -> tuple[float | None, bytes | None]:
+    """A number (or bool) goes to ``value``; anything else to ``data`` as JSON."""
+    if isinstance(v, bool):
+        return float(v), None
+    if isinstance(v, int | float):
+        f = float(v)
+        if math.isfinite(f):
+            return f, None
+    return None, orjson.dumps(v)
+
+
+class SeriesStore:
+    """The telemetry series of one ``Database`` (``SeriesStore.of(db)``)."""
+
+    _by_db: ClassVar[weakref.WeakKeyDictionary[Database, SeriesStore]] = weakref.WeakKeyDictionary()
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        default_max_age_s: float | None = 7 * 86400.0,
+        default_max_bytes: int | None = 16 * 1024 * 1024,
+        max_total_bytes: int | None = 256 * 1024 * 1024,
+        batch: int = 2000,
+    ) -> None:
+        self.db = db
+        self.default_max_age_s = default_max_age_s
+        self.default_max_bytes = default_max_bytes
+        self.max_total_bytes = max_total_bytes
+        self.batch = batch
+        self._co: Coalescer[_Sample, None] = Coalescer(db, self._append_op, durable=False)
+        self.appended = 0
+        self.trimmed = 0
+
+    @classmethod
+    def of(cls, db: Database) -> SeriesStore:
+        """The store of ``db`` (created on first use)."""
+        inst = cls._by_db.get(db)
+        if inst is None:
+            inst = cls._by_db[db] = cls(db)
+        return inst
+
+    @classmethod
+    def existing(cls, db: Database) -> SeriesStore | None:
+        return cls._by_db.get(db)
+
+    # -- appends ----------------------------------------------------------------------------
+    def append(
+        self,
+        name: str,
+        value: Any,
+        ts: float | None = None,
+        *,
+        max_age_s: float | None = None,
+        max_bytes: int | None = None,
+    ) -> asyncio.Future[None]:
+        """Queue one sample; the future resolves once it is committed."""
+        if not name:
+            raise ValueError("a series needs a name")
+        num, data = encode_value(value)
+        self.appended += 1
+        return self._co.add(
+            _Sample(name, time.time() if ts is None else ts, num, data, max_age_s, max_bytes)
+        )
+
+    @property
+    def pending(self) -> int:
+        return self._co.pending
+
+    def _series_id(self, conn: sqlite3.Connection, s: _Sample) -> int:
+        row = conn.execute(
+            "SELECT id, max_age_s, max_bytes FROM series WHERE name = ?", (s.name,)
+        ).fetchone()
+        if row is None:
+            cur = conn.execute(
+                "INSERT INTO series(name, max_age_s, max_bytes, created_at) VALUES (?,?,?,?)",
+                (s.name, s.max_age_s, s.max_bytes, time.time()),
+            )
+            return int(cur.lastrowid or 0)
+        if (row[1], row[2]) != (s.max_age_s, s.max_bytes):
+            conn.execute(
+                "UPDATE series SET max_age_s = ?, max_bytes = ? WHERE id = ?",
+                (s.max_age_s, s.max_bytes, row[0]),
+            )
+        return int(row[0])
+
+    def _append_op(self, conn: sqlite3.Connection, items: list[_Sample]) -> list[Any]:
+        groups: dict[str, list[_Sample]] = {}
+        for s in items:
+            groups.setdefault(s.name, []).append(s)
+        for group in groups.values():
+            last = group[-1]
+            sid = self._series_id(conn, last)
+            conn.executemany(
+                "INSERT INTO samples(series_id, ts, value, data) VALUES (?,?,?,?)",
+                [(sid, s.ts, s.value, s.data) for s in group],
+            )
+            added = sum(ROW_COST + len(s.data or b"") for s in group)
+            rows, nbytes = conn.execute(
+                "UPDATE series SET rows = rows + ?, bytes = bytes + ? WHERE id = ? "
+                "RETURNING rows, bytes",
+                (len(group), added, sid),
+            ).fetchone()
+            cap = last.max_bytes if last.max_bytes is not None else self.default_max_bytes
+            if cap is not None and nbytes > cap:
+                self._trim(
+                    conn,
+                    sid,
+                    size=(rows, nbytes),
+                    excess=nbytes - cap,
+                    limit=max(2 * len(group), self.batch),
+                )
+        if self.max_total_bytes is not None:
+            self._trim_total(conn, max(2 * len(items), self.batch))
+        return [None] * len(items)
+
+    def _trim(
+        self,
+        conn: sqlite3.Connection,
+        sid: int,
+        *,
+        size: tuple[int, int],
+        excess: int,
+        limit: int,
+    ) -> None:
+        """Delete the oldest samples of one series until ``excess`` bytes are freed."""
+        rows, nbytes = size
+        avg = max(1.0, nbytes / max(1, rows))
+        freed = n = 0
+        while freed < excess and n < limit:
+            step = min(limit - n, max(1, math.ceil((excess - freed) / avg)))
+            got = conn.execute(
+                "DELETE FROM samples WHERE id IN (SELECT id FROM samples WHERE series_id = ? "
+                "ORDER BY ts LIMIT ?) RETURNING length(data)",
+                (sid, step),
+            ).fetchall()
+            if not got:
+                break
+            n += len(got)
+            freed += sum(ROW_COST + (r[0] or 0) for r in got)
+        if n:
+            conn.execute(
+                "UPDATE series SET rows = rows - ?, bytes = bytes - ? WHERE id = ?", (n, freed, sid)
+            )
+            self.trimmed += n
+
+    def _trim_total(self, conn: sqlite3.Connection, limit: int) -> int:
+        """Over the total bound: delete the globally oldest-inserted samples (<= ``limit``)."""
+        assert self.max_total_bytes is not None
+        total = conn.execute("SELECT coalesce(sum(bytes), 0) FROM series").fetchone()[0]
+        excess = total - self.max_total_bytes
+        if excess <= 0:
+            return 0
+        freed = n = 0
+        per: dict[int, list[int]] = {}
+        while freed < excess and n < limit:
+            got = conn.execute(
+                "DELETE FROM samples WHERE id IN (SELECT id FROM samples ORDER BY id LIMIT ?) "
+                "RETURNING series_id, length(data)",
+                (min(500, limit - n),),
+            ).fetchall()
+            if not got:
+                break
+            for sid, length in got:
+                acc = per.setdefault(sid, [0, 0])
+                acc[0] += 1
+                acc[1] += ROW_COST + (length or 0)
+                freed += ROW_COST + (length or 0)
+            n += len(got)
+        conn.executemany(
+            "UPDATE series SET rows = rows - ?, bytes = bytes - ? WHERE id = ?",
+            [(c, b, sid) for sid, (c, b) in per.items()],
+        )
+        self.trimmed += n
+        return n
+
+    # -- housekeeping -----------------------------------------------------------------------
+    async def maintain(self) -> None:
+        """Age and size retention, ``batch`` samples per op (other writes interleave)."""
+        now = time.time()
+        for sid, max_age, max_bytes, rows, nbytes in self.db.read(
+            "SELECT id, max_age_s, max_bytes, rows, bytes FROM series"
+        ):
+            age = max_age if max_age is not None else self.default_max_age_s
+            if age is not None:
+                expire = functools.partial(self._expire, sid=sid, cutoff=now - age)
+                while await self.db.write(expire):
+                    pass
+            cap = max_bytes if max_bytes is not None else self.default_max_bytes
+            if cap is not None and nbytes > cap:
+                trim = functools.partial(
+                    self._trim, sid=sid, size=(rows, nbytes), excess=nbytes - cap, limit=self.batch
+                )
+                await self.db.write(trim)
+        if self.max_total_bytes is not None:
+            while await self.db.write(lambda c: self._trim_total(c, self.batch)) >= self.batch:
+                pass
+
+    def _expire(self, conn: sqlite3.Connection, *, sid: int, cutoff: float) -> bool:
+        """Delete up to ``batch`` samples older than ``cutoff``; True if there may be more."""
+        got = conn.execute(
+            "DELETE FROM samples WHERE id IN (SELECT id FROM samples WHERE series_id = ? "
+            "AND ts < ? ORDER BY ts LIMIT ?) RETURNING length(data)",
+            (sid, cutoff, self.batch),
+        ).fetchall()
+        if got:
+            conn.execute(
+                "UPDATE series SET rows = rows - ?, bytes = bytes - ? WHERE id = ?",
+                (len(got), sum(ROW_COST + (r[0] or 0) for r in got), sid),
+            )
+            self.trimmed += len(got)
+        return len(got) >= self.batch
+
+    # -- queries ----------------------------------------------------------------------------
+    def info(self, name: str) -> dict[str, Any]:
+        """Rows, accounted bytes and limits of one series."""
+        rows = self.db.read(
+            "SELECT rows, bytes, max_age_s, max_bytes FROM series WHERE name = ?", (name,)
+        )
+        if not rows:
+            raise SeriesNotFound(name)
+        r = rows[0]
+        return {"name": name, "rows": r[0], "bytes": r[1], "max_age_s": r[2], "max_bytes": r[3]}
+
+    def names(self) -> list[str]:
+        return [r[0] for r in self.db.read("SELECT name FROM series ORDER BY name")]
+
+    async def query(
+        self,
+        name: str,
+        *,
+        start: float | None = None,
+        end: float | None = None,
+        agg: str | None = None,
+        bucket: float | None = None,
+        limit: int = 10_000,
+    ) -> dict[str, Any]:
+        """Samples of ``name`` in [start, end]; with ``agg``, one point per ``bucket`` seconds.
+
+        Runs on a worker thread with its own read connection: a long range never stalls
+        the event loop. Raises ``SeriesNotFound`` or ``ValueError`` (bad arguments).
+        """
+        if agg is not None and agg not in AGGS:
+            raise ValueError(f"agg must be one of {', '.join(AGGS)}")
+        if bucket is not None and not (bucket > 0 and math.isfinite(bucket)):
+            raise ValueError("bucket must be a positive number of seconds")
+        if bucket is not None and agg is None:
+            raise ValueError("bucket needs agg")
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        lo = -math.inf if start is None else start
+        hi = math.inf if end is None else end
+        points, truncated = await asyncio.to_thread(
+            self._query, name, (lo, hi), agg=agg, bucket=bucket, limit=limit
+        )
+        return {
+            "series": name,
+            "from": start,
+            "to": end,
+            "agg": agg,
+            "bucket": bucket,
+            "points": points,
+            "truncated": truncated,
+        }
+
+    def _query(
+        self,
+        name: str,
+        span: tuple[float, float],
+        *,
+        agg: str | None,
+        bucket: float | None,
+        limit: int,
+    ) -> tuple[list[list[Any]], bool]:
+        lo, hi = span
+        conn = sqlite3.connect(self.db.path, timeout=30.0)
+        try:
+            conn.execute("PRAGMA query_only=1")
+            row = conn.execute("SELECT id FROM series WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise SeriesNotFound(name)
+            sid = row[0]
+            if agg is None:
+                rows = conn.execute(
+                    "SELECT ts, value, data FROM samples WHERE series_id = ? AND ts >= ? "
+                    "AND ts <= ? ORDER BY ts LIMIT ?",
+                    (sid, lo, hi, limit + 1),
+                ).fetchall()
+                pts = [[r[0], r[1] if r[2] is None else orjson.loads(r[2])] for r in rows]
+            elif bucket is None:
+                rows = conn.execute(
+                    f"SELECT min(ts), {AGGS[agg]} FROM samples WHERE series_id = ? "
+                    "AND ts >= ? AND ts <= ?",
+                    (sid, lo, hi),
+                ).fetchall()
+                pts = [[r[0], r[1]] for r in rows if r[0] is not None]
+            else:
+                rows = conn.execute(
+                    f"SELECT CAST(ts / ? AS INTEGER) AS b, {AGGS[agg]} FROM samples "
+                    "WHERE series_id = ? AND ts >= ? AND ts <= ? GROUP BY b ORDER BY b LIMIT ?",
+                    (bucket, sid, lo, hi, limit + 1),
+                ).fetchall()
+                pts = [[r[0] * bucket, r[1]] for r in rows]
+        finally:
+            conn.close()
+        return pts[:limit], len(pts) > limit
+
+    def status(self) -> dict[str, Any]:
+        return {"appended": self.appended, "pending": self.pending, "trimmed": self.trimmed}
