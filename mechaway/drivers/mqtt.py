@@ -283,16 +283,24 @@ _COUNTERS = (
 )
 
 
-class _DemotedLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """The library's log lines, all at DEBUG: the driver reports conditions once per burst."""
+class _DemotedLog:
+    """The library's log lines, all at DEBUG: the driver reports conditions once per burst.
 
-    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+    gmqtt calls ``debug`` twice per message: one cached level check, nothing more.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+
+    def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
         if self.logger.isEnabledFor(logging.DEBUG):
             kwargs.pop("exc_info", None)
-            self.logger.log(logging.DEBUG, msg, *args, **kwargs)
+            self.logger.debug(msg, *args, **kwargs)
 
-    def exception(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.log(logging.ERROR, msg, *args, **kwargs)
+    info = warning = error = critical = exception = debug
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.debug(msg, *args, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -594,7 +602,7 @@ class MqttConnection:
             else MemorySpool(max(settings.spool_max, 1), settings.spool_overflow)
         )
         self._counters = dict.fromkeys(_COUNTERS, 0)
-        self._lib_log = _DemotedLog(logging.getLogger(f"{__name__}.lib"), {})
+        self._lib_log = _DemotedLog(logging.getLogger(f"{__name__}.lib"))
         self._label = f"mqtt[{name}]"
         self._state = "new"
         self._state_since = time.time()
@@ -603,6 +611,7 @@ class MqttConnection:
         self._burst = _Burst()
         self._closing = False
         self._runner: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
         self._session: _GmqttSession | None = None
         self._connected = asyncio.Event()
         # subscriptions: filter -> handles; routing cache: topic -> handlers
@@ -625,6 +634,7 @@ class MqttConnection:
         self._all_acked.set()
         self._handler_tasks: set[asyncio.Task[None]] = set()
         self._logged_once: set[str] = set()
+        self._good_topics: set[str] = set()  # topics already checked for publishing
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -640,12 +650,16 @@ class MqttConnection:
         )
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Publish retained ``offline``, wait (bounded) for acks, disconnect. Idempotent.
+        """Publish retained ``offline``, wait (bounded) for acks, disconnect. Idempotent
+        (concurrent calls wait for the first).
 
         QoS>=1 messages still unacknowledged go back to the spool so a durable spool keeps
         them for the next start."""
-        if self._state == "closed":
-            return
+        if self._closer is None:
+            self._closer = asyncio.create_task(self._close(timeout), name=f"{self._label}.close")
+        await asyncio.shield(self._closer)
+
+    async def _close(self, timeout: float) -> None:
         self._closing = True
         deadline = time.monotonic() + timeout
         session = self._session
@@ -908,7 +922,11 @@ class MqttConnection:
             raise NotConnected(f"{self._label} is closed")
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
-        _check_topic(topic)
+        if topic not in self._good_topics:
+            _check_topic(topic)
+            if len(self._good_topics) >= _ROUTE_CACHE_MAX:
+                self._good_topics.clear()
+            self._good_topics.add(topic)
         if len(payload) > self.settings.max_payload_bytes:
             self._counters["tx_oversize_dropped"] += 1
             self._warn_once(
@@ -1083,7 +1101,11 @@ class MqttConnection:
                     self._failed("error", repr(err))
                 else:
                     up_at = time.monotonic()
-                    self._connected_on(session)
+                    try:
+                        self._connected_on(session)
+                    except Exception as err:  # a bug here must not end reconnection
+                        log.exception("%s: setting up the connection failed", self._label)
+                        session.abort(f"setup failed: {err!r}")
                     try:
                         await asyncio.wait_for(session.lost.wait(), _STABLE_S)
                     except TimeoutError:

@@ -412,7 +412,7 @@ async def test_close_is_idempotent_and_publish_after_close_raises(broker: Mosqui
     conn = MqttConnection("c", fast(broker), device_id="closer")
     await conn.start()
     await conn.wait_connected(5)
-    await conn.close()
+    await asyncio.gather(conn.close(), conn.close())  # concurrent closes wait for the first
     await conn.close()
     assert conn.status()["state"] == "closed"
     with pytest.raises(NotConnected):
