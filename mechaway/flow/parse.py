@@ -29,8 +29,10 @@ def parse_text(text: str | bytes, *, fmt: str = "json", source: str = "") -> Any
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f"line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(err, "problem", None) or str(err)
+            problem = " ".join((getattr(err, "problem", None) or str(err)).split())
             raise FlowError([Issue(where, f"invalid YAML: {problem}")], source) from err
+        except (ValueError, RecursionError) as err:  # 2024-13-45 as a date; [[[[... too deep
+            raise FlowError([Issue("", f"invalid YAML: {err}")], source) from err
     raise ValueError(f"unknown format {fmt!r}")
 
 

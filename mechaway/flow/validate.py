@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+import orjson
 
 from mechaway.errors import FlowError, Issue
 from mechaway.flow.model import FlowDoc, NodeSpec
@@ -52,7 +53,8 @@ def _msgspec_issue(prefix: str, err: Exception) -> Issue:
     if m:
         text = m.group("msg")
         path = m.group("path") or ""
-    return Issue(f"{prefix}{path}", _humanize(text))
+    # a document-level path is ``.edges[0]``: no leading dot without a prefix
+    return Issue(f"{prefix}{path}" if prefix else path.lstrip("."), _humanize(text))
 
 
 def _humanize(text: str) -> str:
@@ -97,6 +99,11 @@ def validate(raw: Any, *, source: str = "") -> ValidFlow:
             issues.append(Issue(f"nodes[{i}].id", f"duplicate node id {spec.id!r}"))
             continue
         seen.add(spec.id)
+        try:  # params are stored, diffed and served as JSON (YAML can hold more than that)
+            orjson.dumps(spec.params)
+        except TypeError as err:  # orjson.JSONEncodeError: big int, non-str key, cycle, set
+            issues.append(Issue(f"{where}.params", f"not JSON-compatible: {err}"))
+            continue
         cls = get_node_type(spec.type)
         if cls is None:
             known = ", ".join(sorted(node_types()))

@@ -15,6 +15,7 @@ Kinds:
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
@@ -191,11 +192,15 @@ def get_path(obj: Any, keys: tuple[str | int, ...], default: Any = None) -> Any:
     return obj
 
 
+_INDEX_RE = re.compile(r"-?[0-9]+")
+
+
 def split_path(path: str) -> tuple[str | int, ...]:
     """``"payload.values[2].x"`` -> ``("payload", "values", 2, "x")``."""
     out: list[str | int] = []
     for part in path.replace("]", "").replace("[", ".").split("."):
         if part == "":
             continue
-        out.append(int(part) if part.lstrip("-").isdigit() else part)
+        # ASCII digits only: str.isdigit() also accepts "²", and "--1" strips to "1"
+        out.append(int(part) if _INDEX_RE.fullmatch(part) else part)
     return tuple(out)

@@ -50,7 +50,7 @@ class Condition(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 raise ValueError("op 'regex' needs a string value")
             try:
                 re.compile(self.value)
-            except re.error as err:
+            except (re.error, OverflowError, RecursionError) as err:  # a{2**32}, ((((...
                 raise ValueError(f"bad regex: {err}") from err
 
 
@@ -88,7 +88,19 @@ def compile_condition(c: Condition) -> Predicate:
         lo, hi = min(v, v2), max(v, v2)
         return lambda msg: num(x := get(msg)) and lo <= x <= hi
     if op == "contains":
-        return lambda msg: isinstance(x := get(msg), str | list | dict) and v in x
+        # a substring of a string, an element of a list, a key of an object; any other
+        # combination (``2 in "abc"``, an unhashable key) is a non-match, not an error
+        def contains(msg: Message) -> bool:
+            x = get(msg)
+            if isinstance(x, str):
+                return isinstance(v, str) and v in x
+            if isinstance(x, list):
+                return v in x
+            if isinstance(x, dict):
+                return isinstance(v, str) and v in x
+            return False
+
+        return contains
     if op == "regex":
         rx = re.compile(v)
         return lambda msg: isinstance(x := get(msg), str) and rx.search(x) is not None

@@ -197,8 +197,8 @@ class FlowDirWatcher:
             return
         digest = hashlib.sha256(data).hexdigest()
         prev = self.files.get(path)
-        if prev is not None and prev.digest == digest:
-            return
+        if prev is not None and prev.digest == digest and not prev.error:
+            return  # unchanged; a file that failed is retried on a forced scan (SIGHUP)
         state = _FileState(digest, prev.flow_id if prev else None)
         self.files[path] = state
         try:
@@ -213,3 +213,11 @@ class FlowDirWatcher:
             log.exception("flow file %s failed to deploy", path)
             return
         state.flow_id = result.flow_id
+        retired = prev.flow_id if prev else None
+        if (
+            retired
+            and retired != result.flow_id
+            and not any(s.flow_id == retired for s in self.files.values())
+        ):
+            log.info("%s now defines flow %s: deleting flow %s", path, result.flow_id, retired)
+            await self.manager.delete(retired)

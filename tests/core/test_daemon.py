@@ -1,0 +1,485 @@
+"""``mechaway start`` as a real subprocess: flow files deployed by dropping them into the
+watched directory, the admin API and the CLI against it, signals, restart on the same data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .test_cli import assert_one_line_error, clean_env, free_port, stderr_lines
+
+TOKEN = "daemon-test-token"
+
+
+def pipe_flow(fid: str, *, keep: int = 5, interval: float = 0.05) -> dict[str, Any]:
+    """InjectNode -> ChangeNode -> LogNode: only built-in node types (the daemon runs these)."""
+    return {
+        "id": fid,
+        "name": f"pipe {fid}",
+        "nodes": [
+            {"id": "tick", "type": "InjectNode", "params": {"interval": interval, "payload": 1}},
+            {
+                "id": "mark",
+                "type": "ChangeNode",
+                "params": {"rules": [{"op": "set", "path": "payload", "value": fid}]},
+            },
+            {"id": "log", "type": "LogNode", "params": {"keep": keep, "level": "debug"}},
+        ],
+        "edges": [{"from": "tick", "to": "mark"}, {"from": "mark", "to": "log"}],
+    }
+
+
+def write_atomically(path: Path, data: Any) -> None:
+    """Write beside and rename, so the watcher never reads half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(data if isinstance(data, str) else json.dumps(data))
+    os.replace(tmp, path)
+
+
+class DaemonProc:
+    """One ``python -m mechaway start`` subprocess and helpers to talk to it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.flows = root / "flows"
+        self.data = root / "data"
+        self.config = root / "mechaway.toml"
+        self.logfile = root / "daemon.log"
+        self.flows.mkdir(parents=True, exist_ok=True)
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def write_config(self, poll_interval: float) -> None:
+        self.config.write_text(
+            f'[api]\ntoken = "{TOKEN}"\n\n[flows]\npoll_interval = {poll_interval}\n\n'
+            '[log]\nlevel = "info"\n\n[engine]\nstop_timeout = 2.0\n'
+        )
+
+    def start(self, poll_interval: float = 0.2) -> None:
+        self.write_config(poll_interval)
+        self.port = free_port()
+        with self.logfile.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "mechaway",
+                    "--config",
+                    str(self.config),
+                    "start",
+                    "--flows",
+                    str(self.flows),
+                    "--data-dir",
+                    str(self.data),
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=clean_env(),
+            )
+        self.wait(lambda: self.health() == 200, 20, "the API to answer /health")
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def wait(self, pred: Callable[[], Any], timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc is not None and self.proc.poll() is None, (
+                f"the daemon exited ({self.proc and self.proc.returncode}):\n{self.log_tail()}"
+            )
+            value = pred()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out waiting for {what}; daemon log:\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
+
+    def health(self) -> int:
+        try:
+            return self.api("GET", "/health", token=None)[0]
+        except OSError:
+            return 0
+
+    def api(self, method: str, path: str, body: Any = None, token: str | None = TOKEN) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"{self.url}/api/v1{path}", data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"null")
+
+    def status(self) -> dict[str, Any]:
+        code, body = self.api("GET", "/status")
+        assert code == 200, body
+        result: dict[str, Any] = body
+        return result
+
+    def flow_status(self, fid: str) -> dict[str, Any] | None:
+        flow: dict[str, Any] | None = self.status()["flows"].get(fid)
+        return flow
+
+    def cli(self, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+        extra = ["--token", token] if token is not None else []
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mechaway",
+                "--config",
+                str(self.config),
+                "--url",
+                self.url,
+                *extra,
+                *args,
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=clean_env(),
+        )
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"SIGTERM did not stop the daemon:\n{self.log_tail()}") from None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
+    d = DaemonProc(tmp_path_factory.mktemp("daemon"))
+    d.start()
+    try:
+        yield d
+    finally:
+        d.kill()
+
+
+def wait_running(d: DaemonProc, fid: str, rev: int | None = None) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        fs = d.flow_status(fid)
+        if fs is None or (rev is not None and fs["rev"] != rev):
+            return None
+        return fs
+
+    result: dict[str, Any] = d.wait(check, 10, f"flow {fid} rev {rev} to run")
+    return result
+
+
+def counter(d: DaemonProc, fid: str, nid: str, key: str) -> int:
+    fs = d.flow_status(fid)
+    assert fs is not None, f"flow {fid} is not running"
+    value: int = fs["nodes"][nid][key]
+    return value
+
+
+# -- flow files -------------------------------------------------------------------------------
+def test_a_dropped_flow_file_runs(daemon: DaemonProc) -> None:
+    write_atomically(daemon.flows / "drop.json", pipe_flow("drop"))
+    fs = wait_running(daemon, "drop", rev=1)
+    assert fs["name"] == "pipe drop"
+    first = counter(daemon, "drop", "log", "in")
+    daemon.wait(lambda: counter(daemon, "drop", "log", "in") >= first + 3, 10, "counters to grow")
+    fs = daemon.flow_status("drop")
+    assert fs is not None
+    assert fs["nodes"]["log"]["recent"][-1] == "drop"
+    assert fs["nodes"]["tick"]["errors"] == 0
+    code, flows = daemon.api("GET", "/flows")
+    assert code == 200
+    assert {
+        "id": "drop",
+        "name": "pipe drop",
+        "rev": 1,
+        "source": "file",
+        "running": True,
+        "disabled": False,
+    } in flows
+
+
+def test_changing_the_file_bumps_the_revision_and_keeps_state(daemon: DaemonProc) -> None:
+    path = daemon.flows / "swap.json"
+    write_atomically(path, pipe_flow("swap", keep=5))
+    wait_running(daemon, "swap", rev=1)
+    daemon.wait(lambda: counter(daemon, "swap", "mark", "in") >= 5, 10, "some traffic")
+    sent_before = counter(daemon, "swap", "tick", "sent")
+    mark_before = counter(daemon, "swap", "mark", "in")
+    write_atomically(path, pipe_flow("swap", keep=2))  # only the LogNode changes
+    fs = wait_running(daemon, "swap", rev=2)
+    # the kept nodes went on counting (no restart from zero); the changed one is new
+    assert fs["nodes"]["tick"]["sent"] >= sent_before
+    assert fs["nodes"]["mark"]["in"] >= mark_before
+    daemon.wait(lambda: counter(daemon, "swap", "log", "in") >= 3, 10, "traffic after the swap")
+    fs = daemon.flow_status("swap")
+    assert fs is not None
+    assert len(fs["nodes"]["log"]["recent"]) == 2  # keep=2: the new LogNode instance
+    code, revs = daemon.api("GET", "/flows/swap/revisions")
+    assert code == 200
+    assert [(r["rev"], r["source"], r["active"]) for r in revs] == [
+        (1, "file", False),
+        (2, "file", True),
+    ]
+
+
+def test_an_invalid_file_leaves_the_running_revision(daemon: DaemonProc) -> None:
+    path = daemon.flows / "keep.json"
+    write_atomically(path, pipe_flow("keep"))
+    wait_running(daemon, "keep", rev=1)
+    bad = pipe_flow("keep")
+    bad["nodes"][2]["params"]["keep"] = "many"
+    write_atomically(path, bad)
+
+    def error_shown() -> str:
+        errors: dict[str, str] = daemon.status()["flow_file_errors"]
+        return errors.get(str(path), "")
+
+    err = daemon.wait(error_shown, 10, "the file error in status")
+    assert "nodes[2] (log).params.keep: expected `int`, got `str`" in err
+    assert str(path) in err
+    before = counter(daemon, "keep", "log", "in")
+    daemon.wait(lambda: counter(daemon, "keep", "log", "in") > before, 10, "traffic to go on")
+    fs = daemon.flow_status("keep")
+    assert fs is not None and fs["rev"] == 1
+    # broken JSON: the error names the line
+    broken = daemon.flows / "broken.json"
+    write_atomically(broken, '{\n  "id": "broken",\n  "nodes": [\n')
+    daemon.wait(
+        lambda: "line " in daemon.status()["flow_file_errors"].get(str(broken), ""),
+        10,
+        "the JSON error in status",
+    )
+    broken.unlink()
+    # fixing the file clears the error and deploys
+    write_atomically(path, pipe_flow("keep", keep=4))
+    wait_running(daemon, "keep", rev=2)
+    daemon.wait(lambda: str(path) not in daemon.status()["flow_file_errors"], 10, "error cleared")
+
+
+def test_removing_the_file_deletes_the_flow(daemon: DaemonProc) -> None:
+    path = daemon.flows / "gone.yaml"
+    write_atomically(
+        path,
+        "id: gone\nnodes:\n  - {id: t, type: InjectNode, params: {interval: 0.5}}\n"
+        "  - {id: l, type: LogNode}\nedges:\n  - {from: t, to: l}\n",
+    )
+    wait_running(daemon, "gone", rev=1)
+    path.unlink()
+    daemon.wait(lambda: daemon.flow_status("gone") is None, 10, "the flow to stop")
+    code, _ = daemon.api("GET", "/flows/gone")
+    assert code == 404
+
+
+# -- the API and the CLI against the daemon ---------------------------------------------------
+def test_api_requires_the_token(daemon: DaemonProc) -> None:
+    assert daemon.api("GET", "/status", token=None)[0] == 401
+    assert daemon.api("GET", "/status", token="wrong")[0] == 401
+    assert daemon.api("PUT", "/flows/x", pipe_flow("x"), token=None)[0] == 401
+    assert daemon.api("GET", "/health", token=None)[0] == 200
+
+
+def test_cli_flows_commands(daemon: DaemonProc, tmp_path: Path) -> None:
+    src = tmp_path / "cli.json"
+    src.write_text(json.dumps(pipe_flow("cli", interval=0.2)))
+    proc = daemon.cli("flows", "deploy", str(src))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "cli: deployed rev 1"
+    proc = daemon.cli("flows", "deploy", str(src))
+    assert proc.stdout.strip() == "cli: deployed rev 1 (unchanged)"
+    src.write_text(json.dumps(pipe_flow("cli", interval=0.2, keep=9)))
+    assert daemon.cli("flows", "deploy", str(src)).stdout.strip() == "cli: deployed rev 2"
+
+    proc = daemon.cli("flows", "list")
+    assert proc.returncode == 0, proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("cli "))
+    assert line.split()[:5] == ["cli", "rev", "2", "running", "api"]
+
+    proc = daemon.cli("flows", "show", "cli")
+    shown = json.loads(proc.stdout)
+    assert (shown["rev"], shown["flow"]["nodes"][2]["params"]["keep"]) == (2, 9)
+
+    proc = daemon.cli("flows", "history", "cli")
+    assert proc.returncode == 0, proc.stderr
+    hist = [(ln.startswith("*"), ln.lstrip("* ").split()[:3]) for ln in proc.stdout.splitlines()]
+    assert hist == [(False, ["rev", "1", "api"]), (True, ["rev", "2", "api"])]
+
+    proc = daemon.cli("flows", "rollback", "cli", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "cli: rolled back to rev 1 (now rev 3)"
+    fs = wait_running(daemon, "cli", rev=3)
+    assert len(fs["nodes"]["log"]["recent"]) <= 5
+
+    proc = daemon.cli("status")
+    assert proc.returncode == 0, proc.stderr
+    st = json.loads(proc.stdout)
+    assert st["flows"]["cli"]["rev"] == 3
+    assert "flow_file_errors" in st
+
+    proc = daemon.cli("flows", "delete", "cli")
+    assert (proc.returncode, proc.stdout.strip()) == (0, "cli: deleted")
+    assert daemon.flow_status("cli") is None
+    assert_one_line_error(daemon.cli("flows", "delete", "cli"), "no flow 'cli'")
+    assert_one_line_error(daemon.cli("flows", "show", "nope"), "no flow 'nope'")
+    assert_one_line_error(daemon.cli("flows", "rollback", "cli", "42"), "has no revision 42")
+
+
+def test_cli_deploy_of_an_invalid_flow_shows_located_errors(
+    daemon: DaemonProc, tmp_path: Path
+) -> None:
+    raw = pipe_flow("bad")
+    raw["nodes"][1]["type"] = "ChangeNod"
+    src = tmp_path / "bad.json"
+    src.write_text(json.dumps(raw))
+    proc = daemon.cli("flows", "deploy", str(src))
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    (line,) = stderr_lines(proc)
+    assert line.startswith("nodes[1] (mark).type: unknown node type 'ChangeNod'")
+    assert daemon.flow_status("bad") is None
+
+
+def test_cli_wrong_token_is_one_clear_line(daemon: DaemonProc) -> None:
+    for args in (("status",), ("flows", "list"), ("flows", "delete", "drop")):
+        assert_one_line_error(daemon.cli(*args, token="wrong"), "refused the token")
+    assert daemon.flow_status("drop") is not None
+
+
+# -- signals and restart (last: it restarts the module's daemon) ------------------------------
+def test_sigterm_exits_0_and_a_restart_brings_flows_back(
+    daemon: DaemonProc, tmp_path: Path
+) -> None:
+    src = tmp_path / "persist.json"
+    src.write_text(json.dumps(pipe_flow("persist", interval=0.5)))
+    assert daemon.cli("flows", "deploy", str(src)).returncode == 0
+    wait_running(daemon, "persist", rev=1)
+
+    t = time.monotonic()
+    assert daemon.terminate() == 0
+    assert time.monotonic() - t < 5.0
+    log = daemon.log_tail(400)
+    assert "Traceback" not in log, log
+
+    # restart on the same data dir, now with a slow poll so only SIGHUP finds new files
+    daemon.start(poll_interval=60)
+    fs = wait_running(daemon, "persist", rev=1)
+    assert fs["name"] == "pipe persist"
+    code, body = daemon.api("GET", "/flows/persist")
+    assert (code, body["source"]) == (200, "api")
+    wait_running(daemon, "drop", rev=1)  # the file flow is back too, still rev 1
+
+    write_atomically(daemon.flows / "late.json", pipe_flow("late"))
+    time.sleep(1.0)
+    assert daemon.flow_status("late") is None  # not picked up before the next (60 s) poll
+    daemon.signal(signal.SIGHUP)
+    wait_running(daemon, "late", rev=1)
+
+    assert daemon.terminate() == 0
+
+
+def test_refuses_to_listen_beyond_loopback_without_a_token(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mechaway",
+            "start",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--listen",
+            f"0.0.0.0:{port}",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(),
+    )
+    assert_one_line_error(proc, "refusing to listen on 0.0.0.0 without api.token")
+    cfg = tmp_path / "m.toml"
+    cfg.write_text(f'[api]\nlisten = "0.0.0.0:{port}"\n')
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mechaway",
+            "--config",
+            str(cfg),
+            "start",
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(),
+    )
+    assert_one_line_error(proc, "refusing to listen on 0.0.0.0 without api.token")
+
+
+def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mechaway",
+                "start",
+                "--data-dir",
+                str(tmp_path / "d"),
+                "--listen",
+                f"127.0.0.1:{port}",
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=clean_env(),
+        )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
