@@ -108,9 +108,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-_ENV_SECTIONS = ("device", "api", "flows", "engine", "log", "hub")
-
-
 def _env_overrides(raw: dict[str, Any], env: dict[str, str]) -> None:
     """``MECHAWAY_API_TOKEN=x`` sets ``[api] token``; unknown names are errors too."""
     for name, value in env.items():
@@ -118,9 +115,23 @@ def _env_overrides(raw: dict[str, Any], env: dict[str, str]) -> None:
             continue
         rest = name[len("MECHAWAY_") :].lower()
         section, _, key = rest.partition("_")
-        if section not in _ENV_SECTIONS or not key:
+        known = _SECTION_KEYS.get(section)
+        if known is None or key not in known:
             raise ConfigError(f"environment: {name} is not a known setting")
         raw.setdefault(section, {})[key] = value
+
+
+_SECTION_KEYS = {
+    name: set(cls.__struct_fields__)
+    for name, cls in (
+        ("device", DeviceSettings),
+        ("api", ApiSettings),
+        ("flows", FlowsSettings),
+        ("engine", EngineSettings),
+        ("log", LogSettings),
+        ("hub", HubSettings),
+    )
+}
 
 
 def _where(err: msgspec.ValidationError) -> str:

@@ -147,7 +147,10 @@ async def rollback(request: web.Request) -> web.Response:
     rev = body.get("rev") if isinstance(body, dict) else None
     if not isinstance(rev, int) or isinstance(rev, bool):
         raise FlowError([Issue("rev", "expected an integer revision number")])
-    result = await request.app[MANAGER].rollback(_flow_id(request), rev)
+    try:
+        result = await request.app[MANAGER].rollback(_flow_id(request), rev)
+    except KeyError as err:
+        return _error(404, str(err.args[0]))
     return _json(result.as_dict())
 
 

@@ -100,9 +100,12 @@ def validate(raw: Any, *, source: str = "") -> ValidFlow:
             continue
         seen.add(spec.id)
         try:  # params are stored, diffed and served as JSON (YAML can hold more than that)
-            orjson.dumps(spec.params)
+            stored = orjson.loads(orjson.dumps(spec.params))
         except TypeError as err:  # orjson.JSONEncodeError: big int, non-str key, cycle, set
             issues.append(Issue(f"{where}.params", f"not JSON-compatible: {err}"))
+            continue
+        if stored != spec.params:  # NaN and +-Infinity would come back from the store as null
+            issues.append(Issue(f"{where}.params", "not JSON-compatible: NaN or Infinity"))
             continue
         cls = get_node_type(spec.type)
         if cls is None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mechaway.errors import FlowError, Issue
+from mechaway.errors import FlowError
 from mechaway.flow.diff import FlowDiff
 from mechaway.flow.parse import FLOW_SUFFIXES, read_file
 from mechaway.flow.validate import validate
@@ -78,7 +78,7 @@ class FlowManager:
         """Deploy an older revision again (recorded as a new revision, source rollback)."""
         old = self.store.get(flow_id, rev)
         if old is None:
-            raise FlowError([Issue("rev", f"flow {flow_id!r} has no revision {rev}")])
+            raise KeyError(f"flow {flow_id!r} has no revision {rev}")
         return await self.deploy(old.doc, "rollback", origin=f"{flow_id}@{rev}")
 
     async def start_stored(self) -> None:

@@ -168,7 +168,7 @@ def test_missing_config_file_is_one_line(tmp_path: Path) -> None:
 
 def test_unknown_environment_setting_is_named() -> None:
     proc = mechaway("status", env=clean_env(MECHAWAY_API_TOKNE="x"))
-    assert_one_line_error(proc, "unknown key `tokne`")
+    assert_one_line_error(proc, "MECHAWAY_API_TOKNE is not a known setting")
     proc = mechaway("status", env=clean_env(MECHAWAY_NOPE_X="x"))
     assert_one_line_error(proc, "MECHAWAY_NOPE_X is not a known setting")
 

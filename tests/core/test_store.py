@@ -123,9 +123,9 @@ async def test_rollback_deploys_the_old_doc_as_a_new_revision(manager: FlowManag
     assert running.instances["log"].params.keep == 1
 
 
-async def test_rollback_to_a_missing_revision_is_a_flow_error(manager: FlowManager) -> None:
+async def test_rollback_to_a_missing_revision_is_not_found(manager: FlowManager) -> None:
     await manager.deploy(flow(), "api")
-    with pytest.raises(FlowError) as exc:
+    with pytest.raises(KeyError) as exc:
         await manager.rollback("f", 7)
     assert "flow 'f' has no revision 7" in str(exc.value)
     assert manager.store.active_rev("f") == 1

@@ -615,3 +615,12 @@ def test_schema_covers_the_builtins() -> None:
         "LogNode",
     }
     assert builtins <= set(node_types())
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_in_params_are_rejected(value: float) -> None:
+    """YAML can say .nan / .inf; JSON storage would turn them into null behind our back."""
+    doc = {"id": "f", "nodes": [
+        {"id": "tick", "type": "InjectNode", "params": {"interval": value}}]}  # fmt: skip
+    with pytest.raises(FlowError, match=r"nodes\[0\] \(tick\)\.params: not JSON-compatible: NaN"):
+        validate(doc)
