@@ -40,6 +40,7 @@ class Coalescer(Generic[T, R]):
         self._loop: asyncio.AbstractEventLoop | None = None
         #: items added whose commit has not been reported yet
         self.pending = 0
+        db.before_close.append(self.flush)
 
     def add(self, item: T) -> asyncio.Future[R]:
         """Queue ``item`` for the next op; the future resolves after its commit."""

@@ -99,6 +99,9 @@ class Database:
         self.commits = 0
         self.fsync_commits = 0
         self.ops = 0
+        #: called on the loop by ``close`` before the writer stops (writers that gather
+        #: ops in memory, e.g. per-tick coalescing, submit what they hold)
+        self.before_close: list[Callable[[], None]] = []
 
     # -- open/close -----------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -126,11 +129,16 @@ class Database:
                 raise sqlite3.DatabaseError(ok)
             self._migrate(conn)
         except sqlite3.DatabaseError as err:
+            with contextlib.suppress(NameError, sqlite3.Error):
+                conn.close()
+            name = self.path.name
+            why = " ".join(str(err).split())[:200]
             raise StoreError(
-                f"{self.path}: the database is damaged ({err}). Nothing was changed. "
-                f"Recovery: stop mechaway, move the file aside, then either restore a backup "
-                f"or salvage it with `sqlite3 {self.path.name}.bad .recover | sqlite3 "
-                f"{self.path.name}` and start again."
+                f"{self.path}: the database is damaged ({why}). Nothing was changed. "
+                f"Recovery: stop mechaway; in {self.path.parent} move the file aside WITH its "
+                f'-wal and -shm files (`for f in {name}*; do mv "$f" "bad-$f"; done`); then '
+                f"restore a backup, or salvage what is readable with `sqlite3 bad-{name} "
+                f".recover | sqlite3 {name}`, and start again."
             ) from err
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA journal_size_limit=8388608")  # WAL shrinks back after checkpoints
@@ -176,6 +184,11 @@ class Database:
     async def close(self) -> None:
         """Flush every queued write, stop the writer, checkpoint. Idempotent."""
         if self._thread is not None:
+            for flush in self.before_close:
+                try:
+                    flush()
+                except Exception:
+                    log.exception("flushing pending writes before close failed")
             self._q.put(_STOP)
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
             self._thread = None

@@ -227,13 +227,16 @@ class SeriesStore:
         excess = total - self.max_total_bytes
         if excess <= 0:
             return 0
+        rows = conn.execute("SELECT coalesce(sum(rows), 0) FROM series").fetchone()[0]
+        avg = max(1.0, total / max(1, rows))
         freed = n = 0
         per: dict[int, list[int]] = {}
         while freed < excess and n < limit:
+            step = min(500, limit - n, max(1, math.ceil((excess - freed) / avg)))
             got = conn.execute(
                 "DELETE FROM samples WHERE id IN (SELECT id FROM samples ORDER BY id LIMIT ?) "
                 "RETURNING series_id, length(data)",
-                (min(500, limit - n),),
+                (step,),
             ).fetchall()
             if not got:
                 break
