@@ -548,10 +548,11 @@ def test_parse_text_never_raises_anything_but_flow_error(text: str | bytes, fmt:
     check_validate(raw)
 
 
-def test_validate_is_deterministic_on_a_nan_param() -> None:
+def test_a_nan_param_is_a_located_error_not_a_crash() -> None:
     raw = ok_flow()
     raw["nodes"][1]["params"]["value"] = math.nan
-    validate(raw)  # a NaN threshold never matches, but is not a crash
+    with pytest.raises(FlowError, match=r"nodes\[1\] \(\w+\)\.params: not JSON-compatible"):
+        validate(raw)
 
 
 # -- JSON Schema of every node type -----------------------------------------------------------
