@@ -137,8 +137,9 @@ class Database:
                 f"{self.path}: the database is damaged ({why}). Nothing was changed. "
                 f"Recovery: stop mechaway; in {self.path.parent} move the file aside WITH its "
                 f'-wal and -shm files (`for f in {name}*; do mv "$f" "bad-$f"; done`); then '
-                f"restore a backup, or salvage what is readable with `sqlite3 bad-{name} "
-                f".recover | sqlite3 {name}`, and start again."
+                f"restore a backup, or salvage what is readable with `python -m "
+                f"mechaway.store.salvage bad-{name} {name}` (or an sqlite3 shell that has "
+                f"`.recover`), and start again."
             ) from err
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA journal_size_limit=8388608")  # WAL shrinks back after checkpoints
