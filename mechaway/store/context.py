@@ -92,6 +92,7 @@ class ContextKeeper:
         self.saves = 0
         self.save_errors = 0
         self.last_restore_ms = 0.0
+        self.restore_ms_total = 0.0
 
     # -- engine wiring ----------------------------------------------------------------------
     def attach(self, engine: EngineHooks) -> None:
@@ -178,6 +179,7 @@ class ContextKeeper:
             node.set_state(state)
             self.restored += 1
         self.last_restore_ms = (time.perf_counter() - t0) * 1000.0
+        self.restore_ms_total += self.last_restore_ms
 
     def retire(self, flow_id: str, node_id: str, node: Any) -> None:
         """Engine hook: a node stops for good; save its state unless a new instance took over."""

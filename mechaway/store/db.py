@@ -118,9 +118,6 @@ class Database:
             importlib.import_module(module)
         try:
             conn = self._connect()
-            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
-                # a new file: freed pages can later be given back in small steps
-                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
                 raise StoreError(f"{self.path}: cannot enable WAL (journal_mode={mode})")

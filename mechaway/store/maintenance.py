@@ -9,10 +9,10 @@ Every ``tick`` seconds, one task:
   fsync, it queues a tiny durable write, whose fsync of the WAL makes every earlier
   commit durable too. A power cut therefore loses at most ``sync_floor`` seconds of
   non-outbox data, at a cost of at most one fsync per ``sync_floor``;
-- gives free pages back to the file system only when they pile up (a retention limit
-  was lowered): ``PRAGMA incremental_vacuum`` of ``vacuum_step_pages`` per op when more
-  than ``vacuum_free_ratio`` of the file and ``vacuum_min_bytes`` are free. Freed pages
-  are otherwise simply reused: shrinking and growing again would only wear the card.
+- never shrinks the file: pages freed by retention and acks are reused by new rows.
+  Giving them back (auto_vacuum) would cost a pointer-map page write on most commits
+  (measured: +20% WAL bytes) and re-growing the file wears the card again. To shrink a
+  file after lowering a bound, stop the daemon and run ``sqlite3 mechaway.db VACUUM``.
 
 Checkpoints: SQLite's automatic checkpoint (every 1000 WAL pages, ~4 MB) runs on the
 writer thread, never on the loop; ``journal_size_limit`` trims the WAL file back after
@@ -62,20 +62,13 @@ class Maintenance:
         *,
         tick: float = 1.0,
         sync_floor: float = 1.0,
-        vacuum_free_ratio: float = 0.25,
-        vacuum_min_bytes: int = 8 * 1024 * 1024,
-        vacuum_step_pages: int = 256,
     ) -> None:
         self.db = db
         self.tick = tick
         self.sync_floor = sync_floor
-        self.vacuum_free_ratio = vacuum_free_ratio
-        self.vacuum_min_bytes = vacuum_min_bytes
-        self.vacuum_step_pages = vacuum_step_pages
         self._task: asyncio.Task[None] | None = None
         self._last_floor = 0.0
         self.floor_syncs = 0
-        self.vacuum_steps = 0
         self.last_run_ms = 0.0
 
     async def start(self) -> None:
@@ -112,12 +105,11 @@ class Maintenance:
         return [s for s in found if s is not None]
 
     async def run_once(self) -> None:
-        """One round: retention, sync floor, a vacuum step if due."""
+        """One round: retention, then the sync floor."""
         t0 = time.perf_counter()
         for store in self._stores():
             await store.maintain()
         await self.sync()
-        await self.vacuum_step()
         self.last_run_ms = (time.perf_counter() - t0) * 1000.0
 
     async def sync(self, *, force: bool = False) -> bool:
@@ -137,21 +129,9 @@ class Maintenance:
         size = self.db.read("PRAGMA page_size")[0][0]
         return int(free), int(total), int(size)
 
-    async def vacuum_step(self) -> bool:
-        """Give ``vacuum_step_pages`` free pages back, if they pile up (incremental mode)."""
-        if self.db.read("PRAGMA auto_vacuum")[0][0] != 2:
-            return False
-        free, total, size = self.free_pages()
-        if free * size < self.vacuum_min_bytes or free < self.vacuum_free_ratio * total:
-            return False
-        step = self.vacuum_step_pages
-        await self.db.write(lambda c: c.execute(f"PRAGMA incremental_vacuum({step})").fetchall())
-        self.vacuum_steps += 1
-        return True
-
     def status(self) -> dict[str, Any]:
         return {
             "floor_syncs": self.floor_syncs,
-            "vacuum_steps": self.vacuum_steps,
+            "free_pages": self.free_pages()[0],
             "last_run_ms": round(self.last_run_ms, 3),
         }

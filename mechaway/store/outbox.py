@@ -128,10 +128,11 @@ class Receipt:
 
     async def wait(self, timeout: float | None = None) -> list[int]:
         """Wait until every append is durable; their seqs. Raises the first failure."""
-        if not self._futs:
-            return []
+        futs = self._futs
+        if timeout is None:
+            return [await f for f in futs]  # all resolve by the same commits: no gather needed
         async with asyncio.timeout(timeout):
-            return list(await asyncio.gather(*self._futs))
+            return [await f for f in futs]
 
 
 _RECEIPT: contextvars.ContextVar[Receipt | None] = contextvars.ContextVar(
@@ -173,9 +174,12 @@ class Outbox:
         self.max_message_bytes = max_message_bytes
         self.ack_batch = ack_batch
         self._co: Coalescer[_Item, int] = Coalescer(db, self._append_op, durable=True)
+        #: counted by the writer thread (appended, refused by a bound, evicted) and on the
+        #: loop (refused because the writer backlog is full)
         self.appended = 0
-        self.rejected = 0
+        self.refused = 0
         self.dropped_here = 0
+        self.refused_backlog = 0
 
     @classmethod
     def of(cls, db: Database) -> Outbox:
@@ -211,7 +215,7 @@ class Outbox:
             fut = loop.create_future()
             fut.set_exception(OutboxFull(f"outbox writer backlog of {self.max_inflight} reached"))
             fut.exception()
-            self.rejected += 1
+            self.refused_backlog += 1
         else:
             item = _Item(
                 time.time() if ts is None else ts,
@@ -223,19 +227,10 @@ class Outbox:
                 max_bytes,
             )
             fut = self._co.add(item)
-            fut.add_done_callback(self._count)
         r = _RECEIPT.get()
         if r is not None:
             r.add(fut)
         return fut
-
-    def _count(self, fut: asyncio.Future[int]) -> None:
-        if fut.cancelled():
-            return
-        if fut.exception() is None:
-            self.appended += 1
-        else:
-            self.rejected += 1
 
     @property
     def pending(self) -> int:
@@ -297,7 +292,15 @@ class Outbox:
                 "INSERT INTO outbox(seq, ts, topic, payload, flags, cum) VALUES (?,?,?,?,?,?)",
                 rows,
             )
+        refused = sum(1 for r in out if isinstance(r, OutboxFull))
+        self.refused += refused
+        self.appended += len(out) - refused
         return out
+
+    @property
+    def rejected(self) -> int:
+        """Appends refused (bound reached, message too large, writer backlog full)."""
+        return self.refused + self.refused_backlog
 
     @staticmethod
     def _advance(
