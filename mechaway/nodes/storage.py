@@ -26,6 +26,7 @@ from mechaway.nodes.base import (
     SinkNode,
     SinkParams,
     get_path,
+    receipt,
     split_path,
 )
 from mechaway.nodes.registry import register_node
@@ -58,6 +59,14 @@ def _with(msg: Message, keys: tuple[str | int, ...], value: Any) -> Message:
         cur = nxt
     cur[names[-1]] = value
     return out
+
+
+def _out_path(path: str) -> tuple[str | int, ...]:
+    """An output property path: object keys only (checked when the node is created)."""
+    keys = split_path(path)
+    if not keys or not all(isinstance(k, str) for k in keys):
+        raise ValueError(f"output {path!r} must be a path of object keys, e.g. payload.value")
+    return keys
 
 
 def _key(msg: Message, static: str | None, path: tuple[str | int, ...], where: str) -> str:
@@ -197,7 +206,7 @@ class KVGetNode(Node):
         super().__init__(node_id, params, ctx)
         self._ns = params.namespace or ctx.flow_id
         self._key_path = split_path(params.key_property)
-        self._out = split_path(params.output)
+        self._out = _out_path(params.output)
         self._kv: KVStore | None = None
 
     async def start(self) -> None:
@@ -339,7 +348,7 @@ class VectorQueryNode(SinkNode):
     def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
         super().__init__(node_id, params, ctx)
         self._path = split_path(params.property)
-        self._out = split_path(params.output)
+        self._out = _out_path(params.output)
         self._vs: VectorStore | None = None
 
     async def start(self) -> None:
@@ -414,6 +423,7 @@ class UpstreamNode(Node):
         )
         self._live.add(fut)
         fut.add_done_callback(functools.partial(self._committed, msg))
+        receipt(fut)  # an MQTT QoS 1 source PUBACKs only once this is durable
         return None
 
     def _committed(self, msg: Message, fut: asyncio.Future[int]) -> None:

@@ -238,6 +238,7 @@ class Database:
     def _commit(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
         durable = any(d for _op, _f, d in batch)
         results: list[tuple[Future[Any], Any, BaseException | None]] = []
+        changes = conn.total_changes
         try:
             if durable:
                 conn.execute("PRAGMA synchronous=FULL")
@@ -258,7 +259,8 @@ class Database:
             self.commits += 1
             self.fsync_commits += durable
             self.ops += len(batch)
-            self.unsynced = not durable
+            if conn.total_changes != changes:  # a commit that wrote nothing synced nothing
+                self.unsynced = not durable
         except sqlite3.Error as exc:
             log.error("%s: commit of %d writes failed: %s", self.path, len(batch), exc)
             with contextlib.suppress(sqlite3.Error):

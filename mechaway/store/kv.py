@@ -54,9 +54,14 @@ class KVStore:
 
     _by_db: ClassVar[weakref.WeakKeyDictionary[Database, KVStore]] = weakref.WeakKeyDictionary()
 
-    def __init__(self, db: Database, *, purge_batch: int = 1000) -> None:
+    def __init__(
+        self, db: Database, *, purge_batch: int = 1000, purge_interval: float = 30.0
+    ) -> None:
         self.db = db
         self.purge_batch = purge_batch
+        #: expired rows are deleted at most this often (they already read as absent)
+        self.purge_interval = purge_interval
+        self._purged_at = 0.0
         self._co: Coalescer[_Write, None] = Coalescer(db, self._apply, durable=False)
         #: writes not yet committed: (ns, key) -> the write
         self._overlay: dict[tuple[str, str], _Write] = {}
@@ -155,6 +160,9 @@ class KVStore:
     # -- housekeeping -----------------------------------------------------------------------
     async def maintain(self) -> None:
         """Delete expired rows, ``purge_batch`` per op (never one long transaction)."""
+        if time.monotonic() - self._purged_at < self.purge_interval:
+            return
+        self._purged_at = time.monotonic()
         while True:
             n = await self.db.write(self._purge_op)
             self.expired_purged += n

@@ -98,8 +98,12 @@ class SeriesStore:
         default_max_bytes: int | None = 16 * 1024 * 1024,
         max_total_bytes: int | None = 256 * 1024 * 1024,
         batch: int = 2000,
+        age_check_interval: float = 30.0,
     ) -> None:
         self.db = db
+        #: age retention runs at most this often (it is a scan per series, size is not)
+        self.age_check_interval = age_check_interval
+        self._age_checked = 0.0
         self.default_max_age_s = default_max_age_s
         self.default_max_bytes = default_max_bytes
         self.max_total_bytes = max_total_bytes
@@ -257,11 +261,14 @@ class SeriesStore:
     async def maintain(self) -> None:
         """Age and size retention, ``batch`` samples per op (other writes interleave)."""
         now = time.time()
+        check_age = time.monotonic() - self._age_checked >= self.age_check_interval
+        if check_age:
+            self._age_checked = time.monotonic()
         for sid, max_age, max_bytes, rows, nbytes in self.db.read(
             "SELECT id, max_age_s, max_bytes, rows, bytes FROM series"
         ):
             age = max_age if max_age is not None else self.default_max_age_s
-            if age is not None:
+            if check_age and age is not None:
                 expire = functools.partial(self._expire, sid=sid, cutoff=now - age)
                 while await self.db.write(expire):
                     pass

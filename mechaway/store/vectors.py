@@ -162,6 +162,7 @@ class VectorStore:
         self.backend = ""
         self.added = 0
         self.queries = 0
+        db.before_close.append(self.close)
 
     @classmethod
     def of(cls, db: Database) -> VectorStore:

@@ -161,7 +161,7 @@ class Producer:
                 writer.write("".join(lines).encode())
                 nxt = batch[-1] + 1
                 await writer.drain()
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError, RuntimeError):  # uvloop: "the handler is closed"
             pass
         finally:
             with_exc = await asyncio.gather(acks, return_exceptions=True)
