@@ -177,6 +177,8 @@ class Incoming:
     payload: bytes
     qos: int
     retain: bool
+    #: the broker says this may be a redelivery (QoS 1/2 DUP flag)
+    dup: bool = False
 
 
 @dataclass(eq=False, slots=True)
@@ -439,7 +441,7 @@ class _GmqttSession:
     ) -> None:
         self._owner._on_message(
             self,
-            Incoming(topic, payload, qos, bool(props["retain"])),
+            Incoming(topic, payload, qos, bool(props["retain"]), bool(props.get("dup"))),
             mid,
             props.get("subscription_identifier"),
         )

@@ -177,6 +177,33 @@ class SinkNode(Node):
     ports: ClassVar[tuple[str, ...]] = ()
 
 
+# -- durability receipts ----------------------------------------------------------------------
+# A source that must not acknowledge its producer before the message is durable (MQTT QoS 1:
+# the PUBACK) dispatches inside ``collect_receipts``; a node that makes the message durable
+# asynchronously (the outbox's group commit) registers the future with ``receipt``. The
+# dispatch is synchronous and depth-first, so one module-level collector is exact.
+_collector: list[Awaitable[Any]] | None = None
+
+
+def receipt(done: Awaitable[Any]) -> None:
+    """Register ``done``: the current source's acknowledgement waits for it."""
+    if _collector is not None:
+        _collector.append(done)
+
+
+def emit_collecting(emit: Emit, msg: Message) -> list[Awaitable[Any]]:
+    """``emit(msg)`` and return the receipts registered while it ran."""
+    global _collector
+    outer: list[Awaitable[Any]] | None = _collector
+    mine: list[Awaitable[Any]] = []
+    _collector = mine
+    try:
+        emit(msg)
+    finally:
+        _collector = outer
+    return mine
+
+
 def now() -> float:
     """Wall-clock epoch seconds, the ``ts`` of new messages."""
     return time.time()

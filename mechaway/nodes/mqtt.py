@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ from mechaway.nodes.base import (
     SinkNode,
     SinkParams,
     SourceNode,
+    emit_collecting,
     get_path,
     split_path,
 )
@@ -98,11 +100,24 @@ class MQTTInNode(SourceNode):
                 "error",
             )
             return None
-        self.emit({"payload": payload, "topic": m.topic, "qos": m.qos, "retain": m.retain,
-                   "ts": time.time()})
-        if self.blocked():
-            return self.room()  # QoS 1/2: the PUBACK waits until the flow has room
+        msg = {"payload": payload, "topic": m.topic, "qos": m.qos, "retain": m.retain,
+               "ts": time.time()}
+        if m.dup:
+            msg["dup"] = True  # a redelivery: the outbox flags it as a possible duplicate
+        if m.qos == 0:
+            self.emit(msg)
+            return self.room() if self.blocked() else None
+        # QoS 1/2: the PUBACK waits until what the flow made durable of this message
+        # (the outbox's commit) is on disk, and until the flow has room again
+        receipts = emit_collecting(self.emit, msg)
+        if receipts or self.blocked():
+            return self._settle(receipts)
         return None
+
+    async def _settle(self, receipts: list[Awaitable[Any]]) -> None:
+        if receipts:
+            await asyncio.gather(*receipts, return_exceptions=True)
+        await self.room()
 
     def status(self) -> dict[str, Any] | None:
         return {"decode_errors": self.decode_errors, "topic": self.params.topic}

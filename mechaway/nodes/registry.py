@@ -27,6 +27,7 @@ BUILTIN_MODULES = (
     "mechaway.nodes.timing",
     "mechaway.nodes.debug",
     "mechaway.nodes.mqtt",
+    "mechaway.nodes.logic",
     "mechaway.nodes.storage",
 )
 

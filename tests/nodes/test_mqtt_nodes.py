@@ -326,3 +326,66 @@ def test_wrong_password_is_a_clear_status_and_the_daemon_keeps_running(tmp_path:
         finally:
             assert daemon.stop() == 0
     assert os.path.exists(tmp_path / "data" / "mechaway.db")
+
+
+@pytest.mark.asyncio
+async def test_qos1_puback_waits_for_the_outbox_commit(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """A QoS 1 message whose outbox commit had not happened when the connection died is
+    redelivered by the broker (no PUBACK yet) and stored again, flagged as a duplicate."""
+    import threading
+
+    from mechaway.store.db import Database
+    from mechaway.store.outbox import Outbox
+
+    db = Database(tmp_path / "m.db")
+    db.open()
+    conns: dict[str, MqttConnection] = {}
+    settings = fast(broker, birth=False, clean_session=False, client_id="dut-persist")
+
+    async def get(name: str) -> MqttConnection:
+        if name not in conns:
+            conns[name] = MqttConnection(name, settings, device_id="dut")
+            await conns[name].start()
+            await conns[name].wait_connected(5)
+        return conns[name]
+
+    engine = Engine(Services(store=db, data_dir=tmp_path, connections={"mqtt": get}))
+    doc = {
+        "id": "up",
+        "nodes": [
+            {"id": "in", "type": "MQTTInNode", "params": {"topic": "up/in", "qos": 1}},
+            {"id": "hub", "type": "UpstreamNode"},
+        ],
+        "edges": [{"from": "in", "to": "hub"}],
+    }
+    pub = MqttConnection("pub", fast(broker, birth=False), device_id="pub")
+    await pub.start()
+    try:
+        await engine.deploy(validate(doc))
+        await pub.wait_connected(5)
+        await asyncio.sleep(0.3)
+        outbox = Outbox.of(db)
+        pub.publish("up/in", b'{"n": 1}', qos=1)
+        await until(lambda: len(outbox.peek()) == 1)
+
+        stall = threading.Event()
+        db.submit(lambda conn: stall.wait(10))  # the writer is busy: the next commit waits
+        pub.publish("up/in", b'{"n": 2}', qos=1)
+        await until(lambda: engine.status()["up"]["nodes"]["in"]["out"] == 2)
+        await asyncio.sleep(0.2)
+        assert len(outbox.peek()) == 1  # n=2 is not durable yet, so it was not PUBACKed
+        conns["default"]._session.abort("test: the link dies before the commit")  # type: ignore[union-attr]
+        stall.set()
+        await until(lambda: len(outbox.peek()) == 3)
+        entries = outbox.peek()
+        assert [e.value()["n"] for e in entries] == [1, 2, 2]
+        assert [e.dup for e in entries] == [False, False, True]
+        await asyncio.sleep(0.3)
+        assert len(outbox.peek()) == 3  # n=1 was PUBACKed after its commit: never redelivered
+    finally:
+        await engine.stop()
+        for c in [*conns.values(), pub]:
+            await c.close()
+        await db.close()

@@ -1,0 +1,164 @@
+"""User logic nodes: ``FunLogicNode`` (Lua 5.4 sandbox) and ``WASMNode`` (wasmtime sandbox).
+
+Both run on the hot path as pure nodes, bounded per message by an instruction/fuel budget,
+a wall-time cap and a memory cap. A message that breaks a limit fails alone: it goes to
+the node's ``error`` port and into status, and the node serves the next message.
+lupa and wasmtime are imported when a flow uses them, never before.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import msgspec
+
+from mechaway.nodes.base import Message, Node, NodeParams, Result
+from mechaway.nodes.registry import register_node
+
+
+def _check_ports(ports: list[str]) -> None:
+    for p in ports:
+        if not p or p in ("out", "error") or not p.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"bad port name {p!r}")
+
+
+class FunLogicParams(NodeParams):
+    #: the script: sees ``msg``, ``data`` (= msg.payload) and ``state``; returns a message,
+    #: a list of ``{port, message}`` pairs, or nil to drop
+    script: str
+    #: ``lua`` (and the seed's ``mlua``): Lua 5.4 through lupa
+    engine: Literal["lua", "mlua"] = "lua"
+    #: extra output ports the script may return pairs for (``out`` always exists)
+    ports: list[str] = msgspec.field(default_factory=list)
+    instruction_budget: int = 1_000_000
+    wall_time_ms: float = 100.0
+    max_memory_kb: int = 8 * 1024
+    #: keep the ``state`` table across restarts and redeploys (node context)
+    persist: bool = False
+
+    def __post_init__(self) -> None:
+        _check_ports(self.ports)
+        if self.instruction_budget < 1000 or self.wall_time_ms <= 0 or self.max_memory_kb < 256:
+            raise ValueError(
+                "limits too small: instruction_budget >= 1000, wall_time_ms > 0, "
+                "max_memory_kb >= 256"
+            )
+
+
+@register_node("FunLogicNode")
+class FunLogicNode(Node):
+    """Run a Lua 5.4 script per message in a sandbox (no os/io/require/load/debug)."""
+
+    Params = FunLogicParams
+    stateful: ClassVar[bool] = True
+
+    @classmethod
+    def output_ports(cls, params: Any) -> tuple[str, ...]:
+        return ("out", *params.ports)
+
+    #: sandboxes compiled by ``check`` (validation), reused by the deploy that follows so a
+    #: script compiles once per deploy; keyed by the params object, a few at most
+    _compiled: ClassVar[dict[int, tuple[Any, Any]]] = {}
+
+    @classmethod
+    def check(cls, params: Any) -> list[str]:
+        from mechaway.logic.lua import LuaCompileError
+
+        try:
+            sandbox = cls._sandbox(params, "lua")
+        except LuaCompileError as err:
+            return [f"script: {err}"]
+        while len(cls._compiled) >= 16:
+            cls._compiled.pop(next(iter(cls._compiled)))
+        cls._compiled[id(params)] = (params, sandbox)
+        return []
+
+    @staticmethod
+    def _sandbox(params: Any, name: str) -> Any:
+        from mechaway.logic.lua import LuaSandbox
+
+        return LuaSandbox(
+            params.script,
+            name=name,
+            max_memory=params.max_memory_kb * 1024,
+            instruction_budget=params.instruction_budget,
+            wall_time_s=params.wall_time_ms / 1000.0,
+        )
+
+    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+        super().__init__(node_id, params, ctx)
+        cached = self._compiled.pop(id(params), None)
+        if cached is not None and cached[0] is params:
+            self._lua = cached[1]
+        else:
+            self._lua = self._sandbox(params, f"{ctx.flow_id}.{node_id}")
+        self.process = self._lua.call  # type: ignore[method-assign]
+
+    def process(self, msg: Message) -> Result:  # replaced per instance by the sandbox call
+        result: Result = self._lua.call(msg)
+        return result
+
+    def get_state(self) -> Any:
+        return self._lua.get_state()
+
+    def set_state(self, state: Any) -> None:
+        if isinstance(state, dict):
+            self._lua.set_state(state)
+
+
+class WASMParams(NodeParams):
+    #: a .wasm file: absolute, or relative to ``<data_dir>/plugins``
+    module: str
+    #: wire format of messages across the ABI
+    codec: Literal["msgpack", "json"] = "msgpack"
+    #: passed to the module's optional ``init`` export
+    init: dict[str, Any] = msgspec.field(default_factory=dict)
+    ports: list[str] = msgspec.field(default_factory=list)
+    fuel: int = 10_000_000
+    max_memory_kb: int = 16 * 1024
+
+    def __post_init__(self) -> None:
+        _check_ports(self.ports)
+        if self.fuel < 1000 or self.max_memory_kb < 64:
+            raise ValueError("limits too small: fuel >= 1000, max_memory_kb >= 64")
+
+
+def resolve_module(module: str, data_dir: Path) -> Path:
+    """Where a ``module`` param points: absolute, or under ``<data_dir>/plugins``."""
+    p = Path(module).expanduser()
+    return p if p.is_absolute() else data_dir / "plugins" / p
+
+
+@register_node("WASMNode")
+class WASMNode(Node):
+    """Run a WebAssembly module's ``process`` per message (fuel and memory capped, no WASI)."""
+
+    Params = WASMParams
+
+    @classmethod
+    def output_ports(cls, params: Any) -> tuple[str, ...]:
+        return ("out", *params.ports)
+
+    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+        super().__init__(node_id, params, ctx)
+        from mechaway.logic.wasm import WasmSandbox
+
+        data_dir = Path(ctx.services.data_dir)
+        self._wasm = WasmSandbox(
+            resolve_module(params.module, data_dir),
+            name=f"{ctx.flow_id}.{node_id}",
+            params=params.init,
+            codec=params.codec,
+            fuel=params.fuel,
+            max_memory_bytes=params.max_memory_kb * 1024,
+            cache_dir=data_dir / "wasm-cache",
+        )
+        self.process = self._wasm.call  # type: ignore[method-assign]
+
+    def process(self, msg: Message) -> Result:  # replaced per instance by the sandbox call
+        result: Result = self._wasm.call(msg)
+        return result
+
+    async def stop(self) -> None:
+        self._wasm.close()
