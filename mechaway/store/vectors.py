@@ -2,11 +2,14 @@
 
 Vectors are float32 BLOBs (little-endian, the layout sqlite-vec reads), grouped in named
 collections of one dimension each. A query is a brute-force scan of the collection in
-SQL: ``ORDER BY vec_distance_cosine(vec, :q) LIMIT k``. Where Python can load SQLite
-extensions and the ``sqlite-vec`` package is installed, its C functions do the distance;
-elsewhere (CPython built without ``--enable-loadable-sqlite-extensions``, 32-bit ARM
-with no wheel) the same two SQL functions are provided in Python (``math.dist`` on
-``array('f')``, no numpy). Same storage, same SQL, same results.
+SQL: ``ORDER BY vec_distance_cosine(vec, :q) LIMIT k``. Where the ``sqlite-vec``
+package is installed, its C functions do the distance (~10x faster): loaded with
+``enable_load_extension``, or, where Python's ``sqlite3`` lacks it (CPython built
+without ``--enable-loadable-sqlite-extensions``: python.org, pyenv, Docker builds),
+registered through ``sqlite3_auto_extension`` of the same libsqlite3. Where neither
+works (no wheel: 32-bit ARM; SQLite linked statically) the same two SQL functions are
+provided in Python (``math.dist`` on ``array('f')``, no numpy). Same storage, same SQL,
+same results.
 
 Queries run on a worker thread with their own connection: they never stall the loop.
 Writes are coalesced into one op per tick, ``synchronous=NORMAL``.
@@ -119,24 +122,90 @@ class _Cosine:
         return max(0.0, 1.0 - dot / (na * qn))
 
 
+def _libsqlite3_path() -> str | None:
+    """The libsqlite3 file this process's ``sqlite3`` module runs on (Linux), if shared."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.rsplit(" ", 1)[-1].strip()
+                if "/libsqlite3.so" in path:
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+_auto_registered: bool | None = None
+
+
+def _register_auto_extension(sqlite_vec: Any) -> bool:
+    """Hand sqlite-vec's entry point to ``sqlite3_auto_extension`` of the very libsqlite3
+    the ``sqlite3`` module uses: every connection opened afterwards has its functions.
+
+    For CPython built without ``--enable-loadable-sqlite-extensions`` (no
+    ``enable_load_extension``), where the library itself can load extensions. Only a
+    documented SQLite call; nothing happens unless the library versions match.
+    """
+    global _auto_registered
+    if _auto_registered is not None:
+        return _auto_registered
+    _auto_registered = False
+    lib_path = _libsqlite3_path()
+    if lib_path is None:
+        return False
+    try:
+        import ctypes
+
+        lib = ctypes.CDLL(lib_path)
+        lib.sqlite3_libversion.restype = ctypes.c_char_p
+        if lib.sqlite3_libversion().decode() != sqlite3.sqlite_version:
+            return False
+        ext = ctypes.CDLL(f"{sqlite_vec.loadable_path()}.so")
+        lib.sqlite3_auto_extension.argtypes = [ctypes.c_void_p]
+        rc = lib.sqlite3_auto_extension(ctypes.cast(ext.sqlite3_vec_init, ctypes.c_void_p))
+        _auto_registered = rc == 0
+    except (OSError, AttributeError) as err:
+        log.debug("sqlite-vec auto extension not registered: %s", err)
+    return _auto_registered
+
+
 def open_query_connection(path: str) -> tuple[sqlite3.Connection, str]:
     """A read connection with ``vec_distance_cosine``/``vec_distance_l2``; and which backend."""
+    try:
+        sqlite_vec: Any = importlib.import_module("sqlite_vec")
+    except ImportError:
+        sqlite_vec = None
+    loadable = hasattr(sqlite3.Connection, "enable_load_extension")
+    if sqlite_vec is not None and not loadable:
+        _register_auto_extension(sqlite_vec)
     conn = sqlite3.connect(path, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA query_only=1")
-    try:
-        sqlite_vec = importlib.import_module("sqlite_vec")
-        conn.enable_load_extension(True)
+    if sqlite_vec is not None and loadable:
         try:
-            sqlite_vec.load(conn)
-        finally:
-            conn.enable_load_extension(False)
+            conn.enable_load_extension(True)
+            try:
+                sqlite_vec.load(conn)
+            finally:
+                conn.enable_load_extension(False)
+        except (AttributeError, sqlite3.Error) as err:
+            log.debug("sqlite-vec not loadable (%s)", err)
+    try:
         version = conn.execute("SELECT vec_version()").fetchone()[0]
         return conn, f"sqlite-vec {version}"
-    except (ImportError, AttributeError, sqlite3.Error) as err:
-        log.debug("sqlite-vec not usable (%s): distance functions in Python", err)
+    except sqlite3.Error:
+        pass
     conn.create_function("vec_distance_l2", 2, _l2, deterministic=True)
     conn.create_function("vec_distance_cosine", 2, _Cosine(), deterministic=True)
     return conn, "python"
+
+
+def python_query_connection(path: str) -> sqlite3.Connection:
+    """A read connection with the Python distance functions (tests compare backends)."""
+    conn = sqlite3.connect(path, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA query_only=1")
+    conn.create_function("py_vec_distance_l2", 2, _l2, deterministic=True)
+    conn.create_function("py_vec_distance_cosine", 2, _Cosine(), deterministic=True)
+    return conn
 
 
 @dataclass(frozen=True, slots=True)

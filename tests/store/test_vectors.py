@@ -12,7 +12,12 @@ import pytest
 
 from mechaway.runtime.engine import Engine
 from mechaway.store.db import Database
-from mechaway.store.vectors import VectorError, VectorStore, open_query_connection
+from mechaway.store.vectors import (
+    VectorError,
+    VectorStore,
+    open_query_connection,
+    python_query_connection,
+)
 
 from .util import deploy, edge, flow, got, node, settle, wait_until
 
@@ -81,19 +86,48 @@ async def test_bad_vectors(db: Database) -> None:
     assert await vs.query("missing", [1.0]) == []
 
 
-def test_fallback_functions_agree_with_sqlite_vec_when_loadable(tmp_path: object) -> None:
-    """Where sqlite-vec can be loaded, its functions and the Python ones give the same."""
+def test_python_functions_agree_with_sqlite_vec_when_installed() -> None:
+    """Where sqlite-vec is usable, its functions and the Python fallback give the same."""
     conn, backend = open_query_connection(":memory:")
     if backend == "python":
-        pytest.skip("sqlite-vec cannot be loaded by this Python's sqlite3")
+        pytest.skip("sqlite-vec is not installed or cannot be loaded here")
     from mechaway.store import vectors
 
-    a = array("f", [0.3, -1.2, 4.0]).tobytes()
-    b = array("f", [1.0, 0.5, -2.0]).tobytes()
-    for name, py in (("cosine", vectors._Cosine()), ("l2", vectors._l2)):
-        (got_c,) = conn.execute(f"SELECT vec_distance_{name}(?, ?)", (a, b)).fetchone()
-        assert py(a, b) == pytest.approx(got_c, abs=1e-6)
+    rng = random.Random(3)
+    for _ in range(20):
+        a = array("f", [rng.uniform(-5, 5) for _ in range(DIM)]).tobytes()
+        b = array("f", [rng.uniform(-5, 5) for _ in range(DIM)]).tobytes()
+        for name, py in (("cosine", vectors._Cosine()), ("l2", vectors._l2)):
+            (got_c,) = conn.execute(f"SELECT vec_distance_{name}(?, ?)", (a, b)).fetchone()
+            assert py(a, b) == pytest.approx(got_c, abs=1e-5)
     conn.close()
+
+
+@pytest.mark.asyncio
+async def test_both_backends_give_the_same_neighbours(db: Database) -> None:
+    conn, backend = open_query_connection(str(db.path))
+    conn.close()
+    if backend == "python":
+        pytest.skip("sqlite-vec is not installed or cannot be loaded here")
+    rng = random.Random(9)
+    vs = VectorStore.of(db)
+    await asyncio.gather(
+        *[vs.add("c", [rng.gauss(0, 1) for _ in range(DIM)], key=str(i)) for i in range(300)]
+    )
+    py = python_query_connection(str(db.path))
+    try:
+        for metric in ("cosine", "l2"):
+            q = [rng.gauss(0, 1) for _ in range(DIM)]
+            hits = await vs.query("c", q, k=8, metric=metric)  # type: ignore[arg-type]
+            rows = py.execute(
+                f"SELECT key, py_vec_distance_{metric}(vec, ?) AS d FROM vectors "
+                "ORDER BY d LIMIT 8",
+                (array("f", q).tobytes(),),
+            ).fetchall()
+            assert [h.key for h in hits] == [r[0] for r in rows]
+            assert vs.backend.startswith("sqlite-vec")
+    finally:
+        py.close()
 
 
 def test_python_backend_sql_functions() -> None:
