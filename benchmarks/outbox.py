@@ -2,8 +2,8 @@
 
 - ``outbox_durable_msgs_per_s``: messages/s through a flow into the outbox
   (``engine.inject`` -> ``UpstreamNode``), each acknowledged only after the fsync of its
-  group commit (``synchronous=FULL``), awaited through a ``receipt()`` as a QoS 1 source
-  would; at most ``INFLIGHT`` unacknowledged at a time.
+  group commit (``synchronous=FULL``), awaited through ``emit_collecting`` as an MQTT
+  QoS 1 source does; at most ``INFLIGHT`` unacknowledged at a time.
 - ``outbox_api_durable_msgs_per_s``: the same through ``Outbox.append`` directly.
 - at a steady 5,000 msg/s stream (paced every 2 ms) for ``STREAM_S`` seconds:
   ``fsyncs_per_s_at_5k`` (durable group commits per second: one WAL fsync each),
@@ -31,17 +31,19 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import uvloop
 
 from mechaway.flow.validate import validate
+from mechaway.nodes.base import emit_collecting
 from mechaway.nodes.context import Services
 from mechaway.runtime.engine import Engine
 from mechaway.store.context import ContextKeeper
 from mechaway.store.db import Database
-from mechaway.store.outbox import Outbox, Receipt, receipt
+from mechaway.store.outbox import Outbox
 from mechaway.store.vectors import VectorStore
 
 N = 100_000
@@ -77,15 +79,26 @@ async def _engine(db: Database) -> Engine:
     return engine
 
 
+Receipts = list[Awaitable[Any]]
+
+
+def _feeder(engine: Engine) -> Any:
+    def feed(msg: dict[str, Any], port: str = "out", /) -> None:
+        engine.inject("up", "up", msg)
+
+    return feed
+
+
 async def _acker(
-    q: asyncio.Queue[tuple[float, Receipt] | None],
+    q: asyncio.Queue[tuple[float, Receipts] | None],
     lat: list[float],
     window: asyncio.Semaphore | None = None,
 ) -> None:
     """What a QoS 1 source does: acknowledge in order, each once its receipt is durable."""
     while (item := await q.get()) is not None:
         t_sent, r = item
-        await r.wait()
+        for f in r:
+            await f
         lat.append(time.perf_counter() - t_sent)
         if window is not None:
             window.release()
@@ -95,16 +108,15 @@ async def flow_rate(base: Path) -> float:
     db = Database(base / "rate.db")
     db.open()
     engine = await _engine(db)
-    q: asyncio.Queue[tuple[float, Receipt] | None] = asyncio.Queue()
+    q: asyncio.Queue[tuple[float, Receipts] | None] = asyncio.Queue()
     lat: list[float] = []
+    feed = _feeder(engine)
     window = asyncio.Semaphore(INFLIGHT)  # unacknowledged messages at most
     acker = asyncio.ensure_future(_acker(q, lat, window))
     t0 = time.perf_counter()
     for i in range(N):
         await window.acquire()
-        with receipt() as r:
-            engine.inject("up", "up", _msg(i))
-        q.put_nowait((0.0, r))
+        q.put_nowait((0.0, emit_collecting(feed, _msg(i))))
         if i % 1000 == 999:
             await asyncio.sleep(0)
     q.put_nowait(None)
@@ -151,7 +163,8 @@ async def stream(base: Path) -> dict[str, float]:
             lag = max(lag, time.perf_counter() - t - 0.001)
 
     watcher = asyncio.ensure_future(watch_lag())
-    q: asyncio.Queue[tuple[float, Receipt] | None] = asyncio.Queue()
+    feed = _feeder(engine)
+    q: asyncio.Queue[tuple[float, Receipts] | None] = asyncio.Queue()
     acker = asyncio.ensure_future(_acker(q, lat))
     io0 = _io()
     fs0, c0 = db.fsync_commits, db.commits
@@ -162,9 +175,7 @@ async def stream(base: Path) -> dict[str, float]:
     for k in range(ticks):
         for _ in range(per_tick):
             t = time.perf_counter()
-            with receipt() as r:
-                engine.inject("up", "up", _msg(i))
-            q.put_nowait((t, r))
+            q.put_nowait((t, emit_collecting(feed, _msg(i))))
             i += 1
         delay = t0 + (k + 1) * 0.002 - time.perf_counter()
         await asyncio.sleep(max(0.0, delay))

@@ -5,7 +5,7 @@ Every write goes through the store's single writer, coalesced per loop tick. The
 taking the next message: they keep at most ``max_inflight`` writes uncommitted and count
 a failed commit as an error of the node. ``UpstreamNode`` is a pure node on purpose: it
 appends synchronously while the producer's ``emit`` is still running, which is what lets
-a source await exactly its message's durability (``mechaway.store.outbox.receipt``).
+a source await exactly its message's durability (``mechaway.nodes.base.emit_collecting``).
 """
 
 from __future__ import annotations

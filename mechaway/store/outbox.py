@@ -18,24 +18,21 @@ Appends made during one event-loop tick (from any number of ``UpstreamNode``s) b
 ONE op of the store's writer, and all ops queued within its group-commit window share
 ONE fsync: durable throughput grows with load instead of being bounded by fsync latency.
 
-For a source that must acknowledge upstream only once the data is durable (MQTT QoS 1
-PUBACK), ``receipt()`` collects the outbox appends a message caused while it was emitted::
+A source that must acknowledge upstream only once the data is durable (MQTT QoS 1
+PUBACK) dispatches with ``mechaway.nodes.base.emit_collecting``; ``UpstreamNode``
+registers each append's future there (``receipt``)::
 
-    with receipt() as r:
-        self.emit(msg)          # pure nodes run now; UpstreamNode appends register in r
-    await r.wait()              # raises OutboxFull / StoreError: do not PUBACK then
-    await client.puback(mid)
+    futs = emit_collecting(self.emit, msg)   # pure nodes run now, appends register
+    await asyncio.gather(*futs)              # OutboxFull / StoreError: refused
+    puback(mid)
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import sqlite3
 import time
 import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -110,51 +107,6 @@ class _Item:
     max_bytes: int
 
 
-class Receipt:
-    """The durable appends one emitted message caused (see the module docstring)."""
-
-    __slots__ = ("_futs",)
-
-    def __init__(self) -> None:
-        self._futs: list[asyncio.Future[int]] = []
-
-    def add(self, fut: asyncio.Future[int]) -> None:
-        self._futs.append(fut)
-
-    @property
-    def reached(self) -> int:
-        """How many outbox appends the message caused (0: it reached no UpstreamNode)."""
-        return len(self._futs)
-
-    async def wait(self, timeout: float | None = None) -> list[int]:
-        """Wait until every append is durable; their seqs. Raises the first failure."""
-        futs = self._futs
-        if timeout is None:
-            return [await f for f in futs]  # all resolve by the same commits: no gather needed
-        async with asyncio.timeout(timeout):
-            return [await f for f in futs]
-
-
-_RECEIPT: contextvars.ContextVar[Receipt | None] = contextvars.ContextVar(
-    "mechaway_receipt", default=None
-)
-
-
-@contextlib.contextmanager
-def receipt() -> Iterator[Receipt]:
-    """Collect, while the block runs, the outbox appends of what is emitted in it."""
-    r = Receipt()
-    token = _RECEIPT.set(r)
-    try:
-        yield r
-    finally:
-        _RECEIPT.reset(token)
-
-
-def current_receipt() -> Receipt | None:
-    return _RECEIPT.get()
-
-
 class Outbox:
     """The outbox table of one ``Database`` (``Outbox.of(db)``)."""
 
@@ -206,7 +158,7 @@ class Outbox:
     ) -> asyncio.Future[int]:
         """Queue a message; the future resolves to its seq once it is durable.
 
-        Fails with ``OutboxFull`` when refused. Registers in the current ``receipt()``.
+        Fails with ``OutboxFull`` when refused.
         """
         loop = asyncio.get_running_loop()
         data = payload if isinstance(payload, bytes) else orjson.dumps(payload)
@@ -227,9 +179,6 @@ class Outbox:
                 max_bytes,
             )
             fut = self._co.add(item)
-        r = _RECEIPT.get()
-        if r is not None:
-            r.add(fut)
         return fut
 
     @property

@@ -2,7 +2,7 @@
 
 It plays the part of an MQTT QoS 1 subscription: a producer sends numbered lines over
 TCP (``"17\\n"``, or ``"17 dup\\n"`` for a retry), each becomes a message emitted into the
-flow under a ``receipt()``, and the producer gets ``"ack 17\\n"`` only once every outbox
+flow with ``emit_collecting``, and the producer gets ``"ack 17\\n"`` only once every outbox
 append the message caused is durable (``"nak 17\\n"`` if one was refused).
 
 Run the daemon with it: ``python tests/store/crash_feed.py start --flows ...`` (the
@@ -15,11 +15,13 @@ import asyncio
 import contextlib
 import sys
 import time
+from collections.abc import Awaitable
 from typing import Any, ClassVar
 
-from mechaway.nodes.base import NodeParams, SourceNode
+from mechaway.nodes.base import NodeParams, SourceNode, emit_collecting
 from mechaway.nodes.registry import register_node
-from mechaway.store.outbox import Receipt, receipt
+
+Receipts = list[Awaitable[Any]]
 
 
 class AckFeedParams(NodeParams):
@@ -53,17 +55,15 @@ class AckFeedNode(SourceNode):
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        acks: asyncio.Queue[tuple[int, Receipt]] = asyncio.Queue()
+        acks: asyncio.Queue[tuple[int, Receipts]] = asyncio.Queue()
         acker = asyncio.get_running_loop().create_task(self._acker(acks, writer))
         try:
             while line := await reader.readline():
                 text, _, flag = line.decode().strip().partition(" ")
                 n = int(text)
                 await self.room()
-                with receipt() as r:
-                    self.emit(
-                        {"payload": n, "topic": "crash", "ts": time.time(), "dup": flag == "dup"}
-                    )
+                msg = {"payload": n, "topic": "crash", "ts": time.time(), "dup": flag == "dup"}
+                r = emit_collecting(self.emit, msg)
                 acks.put_nowait((n, r))
         except (ConnectionError, asyncio.CancelledError):
             pass
@@ -75,12 +75,12 @@ class AckFeedNode(SourceNode):
             self._tasks.discard(task)
 
     async def _acker(
-        self, acks: asyncio.Queue[tuple[int, Receipt]], writer: asyncio.StreamWriter
+        self, acks: asyncio.Queue[tuple[int, Receipts]], writer: asyncio.StreamWriter
     ) -> None:
         while True:
             n, r = await acks.get()
             try:
-                ok = r.reached == 1 and bool(await r.wait())
+                ok = len(r) == 1 and all(await asyncio.gather(*r))
             except Exception:
                 ok = False
             writer.write(f"{'ack' if ok else 'nak'} {n}\n".encode())

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from mechaway.nodes.base import Emit, emit_collecting
 from mechaway.runtime.engine import Engine
 from mechaway.store.db import Database
-from mechaway.store.outbox import FLAG_DUP, Outbox, OutboxFull, receipt
+from mechaway.store.outbox import FLAG_DUP, Outbox, OutboxFull
 
 from .util import deploy, edge, flow, got, node, wait_until
 
@@ -146,37 +148,41 @@ async def test_dup_flag_is_stored(db: Database) -> None:
     assert _rows(db.path)[1][2] == FLAG_DUP
 
 
+def _feeder(engine: Engine, fid: str, nid: str) -> Emit:
+    def feed(msg: dict[str, Any], port: str = "out", /) -> None:
+        engine.inject(fid, nid, msg)
+
+    return feed
+
+
 @pytest.mark.asyncio
-async def test_receipt_collects_the_appends_of_one_emit(db: Database, engine: Engine) -> None:
-    """A source wraps its emit in receipt(): it can await exactly its message's durability."""
+async def test_receipts_collect_the_appends_of_one_emit(db: Database, engine: Engine) -> None:
+    """A source dispatches with emit_collecting: it can await exactly its message's
+    durability (an MQTT QoS 1 PUBACK waits for these)."""
     await deploy(
         engine,
         flow(
             "up",
-            [
-                node("a", "UpstreamNode"),
-                node("b", "UpstreamNode", topic="copy"),
-                node("k", "CollectNode"),
-            ],
+            [node("a", "UpstreamNode"), node("b", "UpstreamNode", topic="copy"),
+             node("k", "CollectNode")],
             [edge("src", "a"), edge("src", "b"), edge("a", "k")],
         ),
-    )
+    )  # fmt: skip
     syncs = db.fsync_commits
-    with receipt() as r:
-        engine.inject("up", "a", {"payload": 7, "topic": "x", "ts": 1.0})
-        engine.inject("up", "b", {"payload": 8, "topic": "x", "ts": 1.0})
-    assert r.reached == 2
-    seqs = await r.wait(timeout=5)
-    assert seqs == [1, 2]
+    both = [
+        *emit_collecting(_feeder(engine, "up", "a"), {"payload": 7, "topic": "x", "ts": 1.0}),
+        *emit_collecting(_feeder(engine, "up", "b"), {"payload": 8, "topic": "x", "ts": 1.0}),
+    ]
+    assert len(both) == 2
+    assert await asyncio.wait_for(asyncio.gather(*both), 5) == [1, 2]
     assert db.fsync_commits == syncs + 1  # both in one group commit
     assert [(e.topic, e.value()) for e in Outbox.of(db).peek()] == [("x", 7), ("copy", 8)]
     # the acknowledged message goes on, with its seq
     await wait_until(lambda: got("up", "k"), what="the acked message")
     assert got("up", "k")[0]["seq"] == 1
-    # a message that reaches no outbox has nothing to wait for
-    with receipt() as r2:
-        pass
-    assert r2.reached == 0 and await r2.wait() == []
+    # outside a collector, appends register nowhere (and nothing fails)
+    engine.inject("up", "a", {"payload": 9, "topic": "x"})
+    await wait_until(lambda: len(got("up", "k")) == 2)
 
 
 @pytest.mark.asyncio
@@ -184,13 +190,11 @@ async def test_receipt_reports_a_refusal(db: Database, engine: Engine) -> None:
     await deploy(
         engine, flow("up", [node("a", "UpstreamNode", max_messages=1)], [edge("src", "a")])
     )
-    with receipt() as r:
-        engine.inject("up", "a", {"payload": 1, "topic": "x"})
-    await r.wait()
-    with receipt() as r:
-        engine.inject("up", "a", {"payload": 2, "topic": "x", "dup": True})
+    feed = _feeder(engine, "up", "a")
+    await asyncio.gather(*emit_collecting(feed, {"payload": 1, "topic": "x"}))
+    refused = emit_collecting(feed, {"payload": 2, "topic": "x", "dup": True})
     with pytest.raises(OutboxFull):
-        await r.wait()
+        await asyncio.gather(*refused)
     await wait_until(lambda: engine.status()["up"]["nodes"]["a"]["dropped"] == 1)
     st = engine.status()["up"]["nodes"]["a"]
     assert st["rejected"] == 1 and st["acked"] == 1 and st["outbox"]["messages"] == 1
