@@ -19,6 +19,20 @@ from mechaway.store.db import Database
 
 T = TypeVar("T")
 R = TypeVar("R")
+S = TypeVar("S")
+
+
+def attached(db: Database, cls: type[S]) -> S | None:
+    """The ``cls`` service attached to ``db`` (one per file), if it was created."""
+    inst: S | None = vars(db).get(f"_service_{cls.__qualname__}")
+    return inst
+
+
+def attach(db: Database, inst: S) -> S:
+    """Attach a store service to ``db``; kept on the object, so it lives and dies with it."""
+    vars(db)[f"_service_{type(inst).__qualname__}"] = inst
+    return inst
+
 
 #: ``run(conn, items)`` -> one result per item; an ``Exception`` instance fails that item only
 BatchOp = Callable[[sqlite3.Connection, list[T]], list[Any]]

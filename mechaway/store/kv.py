@@ -14,13 +14,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-import weakref
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import orjson
 
-from mechaway.store.batching import Coalescer
+from mechaway.store.batching import Coalescer, attach, attached
 from mechaway.store.db import Database, register_migration
 
 register_migration(
@@ -52,8 +51,6 @@ class _Write:
 class KVStore:
     """The key-value table of one ``Database`` (``KVStore.of(db)``)."""
 
-    _by_db: ClassVar[weakref.WeakKeyDictionary[Database, KVStore]] = weakref.WeakKeyDictionary()
-
     def __init__(
         self, db: Database, *, purge_batch: int = 1000, purge_interval: float = 30.0
     ) -> None:
@@ -71,14 +68,11 @@ class KVStore:
     @classmethod
     def of(cls, db: Database) -> KVStore:
         """The store of ``db`` (created on first use)."""
-        inst = cls._by_db.get(db)
-        if inst is None:
-            inst = cls._by_db[db] = cls(db)
-        return inst
+        return attached(db, cls) or attach(db, cls(db))
 
     @classmethod
     def existing(cls, db: Database) -> KVStore | None:
-        return cls._by_db.get(db)
+        return attached(db, cls)
 
     # -- writes -----------------------------------------------------------------------------
     @staticmethod

@@ -32,14 +32,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-import weakref
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import orjson
 
 from mechaway.errors import StoreError
-from mechaway.store.batching import Coalescer
+from mechaway.store.batching import Coalescer, attach, attached
 from mechaway.store.db import Database, register_migration
 
 register_migration(
@@ -110,8 +109,6 @@ class _Item:
 class Outbox:
     """The outbox table of one ``Database`` (``Outbox.of(db)``)."""
 
-    _by_db: ClassVar[weakref.WeakKeyDictionary[Database, Outbox]] = weakref.WeakKeyDictionary()
-
     def __init__(
         self,
         db: Database,
@@ -135,14 +132,11 @@ class Outbox:
 
     @classmethod
     def of(cls, db: Database) -> Outbox:
-        inst = cls._by_db.get(db)
-        if inst is None:
-            inst = cls._by_db[db] = cls(db)
-        return inst
+        return attached(db, cls) or attach(db, cls(db))
 
     @classmethod
     def existing(cls, db: Database) -> Outbox | None:
-        return cls._by_db.get(db)
+        return attached(db, cls)
 
     # -- append -----------------------------------------------------------------------------
     def append(

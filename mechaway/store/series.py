@@ -21,13 +21,12 @@ import functools
 import math
 import sqlite3
 import time
-import weakref
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import orjson
 
-from mechaway.store.batching import Coalescer
+from mechaway.store.batching import Coalescer, attach, attached
 from mechaway.store.db import Database, register_migration
 
 register_migration(
@@ -88,8 +87,6 @@ def encode_value(v: Any) -> tuple[float | None, bytes | None]:
 class SeriesStore:
     """The telemetry series of one ``Database`` (``SeriesStore.of(db)``)."""
 
-    _by_db: ClassVar[weakref.WeakKeyDictionary[Database, SeriesStore]] = weakref.WeakKeyDictionary()
-
     def __init__(
         self,
         db: Database,
@@ -115,14 +112,11 @@ class SeriesStore:
     @classmethod
     def of(cls, db: Database) -> SeriesStore:
         """The store of ``db`` (created on first use)."""
-        inst = cls._by_db.get(db)
-        if inst is None:
-            inst = cls._by_db[db] = cls(db)
-        return inst
+        return attached(db, cls) or attach(db, cls(db))
 
     @classmethod
     def existing(cls, db: Database) -> SeriesStore | None:
-        return cls._by_db.get(db)
+        return attached(db, cls)
 
     # -- appends ----------------------------------------------------------------------------
     def append(

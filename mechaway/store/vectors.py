@@ -24,14 +24,13 @@ import math
 import sqlite3
 import threading
 import time
-import weakref
 from array import array
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import orjson
 
-from mechaway.store.batching import Coalescer
+from mechaway.store.batching import Coalescer, attach, attached
 from mechaway.store.db import Database, register_migration
 
 log = logging.getLogger("mechaway.store.vectors")
@@ -221,8 +220,6 @@ class _Add:
 class VectorStore:
     """The vector collections of one ``Database`` (``VectorStore.of(db)``)."""
 
-    _by_db: ClassVar[weakref.WeakKeyDictionary[Database, VectorStore]] = weakref.WeakKeyDictionary()
-
     def __init__(self, db: Database) -> None:
         self.db = db
         self._co: Coalescer[_Add, int] = Coalescer(db, self._add_op, durable=False)
@@ -235,14 +232,11 @@ class VectorStore:
 
     @classmethod
     def of(cls, db: Database) -> VectorStore:
-        inst = cls._by_db.get(db)
-        if inst is None:
-            inst = cls._by_db[db] = cls(db)
-        return inst
+        return attached(db, cls) or attach(db, cls(db))
 
     @classmethod
     def existing(cls, db: Database) -> VectorStore | None:
-        return cls._by_db.get(db)
+        return attached(db, cls)
 
     # -- writes -----------------------------------------------------------------------------
     def add(

@@ -58,7 +58,7 @@ class Daemon:
     def db(self) -> Path:
         return self.data / "mechaway.db"
 
-    def start(self, *, feed: bool = True) -> None:
+    def start(self, *, feed: bool = True, port: int = 0) -> None:
         """The CLI via ``crash_feed.py`` (registers AckFeedNode first) or ``-m mechaway``."""
         entry = [str(Path(__file__).with_name("crash_feed.py"))] if feed else ["-m", "mechaway"]
         with self.log.open("ab") as log:
@@ -72,7 +72,7 @@ class Daemon:
                     "--data-dir",
                     str(self.data),
                     "--listen",
-                    f"127.0.0.1:{free_port()}",
+                    f"127.0.0.1:{port or free_port()}",
                 ],
                 cwd=ROOT,
                 env=clean_env(),
@@ -301,6 +301,49 @@ async def test_node_context_survives_restart_and_kill_9(tmp_path: Path) -> None:
         await _wait_for(lambda: _saved_n(daemon.db) > n2 + 20, 20, daemon)
         assert daemon.term() == 0
         assert _saved_n(daemon.db) > n2 + 20
+    finally:
+        if daemon.alive():
+            daemon.kill9()
+
+
+@pytest.mark.asyncio
+async def test_series_endpoint_of_the_daemon(tmp_path: Path) -> None:
+    """StoreNode in a flow file, history through GET /api/v1/series/NAME of the daemon."""
+    import urllib.request
+
+    port = free_port()
+    doc = {
+        "id": "hist",
+        "name": "history",
+        "nodes": [
+            {"id": "tick", "type": "InjectNode", "params": {"interval": 0.01, "payload": 21.5,
+                                                            "topic": "gh/1/temp"}},
+            {"id": "keep", "type": "StoreNode", "params": {}},
+        ],
+        "edges": [{"from": "tick", "to": "keep"}],
+    }  # fmt: skip
+    daemon = Daemon(tmp_path, doc)
+
+    def get(path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return json.loads(r.read())
+
+    def count() -> int:
+        try:
+            body = get("/api/v1/series/gh/1/temp?agg=count")
+        except OSError:
+            return 0
+        return int(body["points"][0][1]) if body["points"] else 0
+
+    daemon.start(feed=False, port=port)
+    try:
+        await _wait_for(lambda: count() >= 20, 20, daemon)
+        body = await asyncio.to_thread(get, "/api/v1/series/gh/1/temp?agg=mean&bucket=3600")
+        assert body["points"][0][1] == pytest.approx(21.5)
+        status = await asyncio.to_thread(get, "/api/v1/status")
+        assert status["store"]["context"]["save_errors"] == 0
+        assert "floor_syncs" in status["store"]["maintenance"]
+        assert daemon.term() == 0
     finally:
         if daemon.alive():
             daemon.kill9()

@@ -45,8 +45,8 @@ async def test_sync_floor_is_rate_limited(db: Database) -> None:
 
 @pytest.mark.asyncio
 async def test_run_once_applies_retention_and_the_task_stops(db: Database) -> None:
-    s = SeriesStore(db, age_check_interval=0.0)
-    SeriesStore._by_db[db] = s
+    s = SeriesStore.of(db)
+    s.age_check_interval = 0.0
     now = time.time()
     await asyncio.gather(*[s.append("x", i, now - 100 + i, max_age_s=50) for i in range(100)])
     kv = KVStore.of(db)
