@@ -8,6 +8,17 @@ import time
 import urllib.request
 
 
+def compile_package() -> None:
+    """Byte-compile mechaway, as ``pip install`` does, so the daemon measured here loads
+    .pyc files like an installed one (an editable install under PYTHONDONTWRITEBYTECODE
+    would compile every module at every start: ~1 MB more RSS and a slower start)."""
+    import compileall
+
+    import mechaway
+
+    compileall.compile_dir(os.path.dirname(mechaway.__file__), quiet=1)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -23,7 +23,7 @@ from pathlib import Path
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import free_port, notify_socket, rss_mb, wait_http, wait_ready
+from _util import compile_package, free_port, notify_socket, rss_mb, wait_http, wait_ready
 
 import mechaway.testing.nodes
 from mechaway.flow.validate import validate
@@ -107,6 +107,7 @@ async def in_process() -> dict[str, float]:
 
 
 def daemon_figures() -> dict[str, float]:
+    compile_package()
     with tempfile.TemporaryDirectory() as tmp:
         flows = Path(tmp, "flows")
         flows.mkdir()

@@ -72,7 +72,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mqtt_clients as mc
-from _util import cpu_seconds, free_port, notify_socket, rss_mb, wait_ready
+from _util import compile_package, cpu_seconds, free_port, notify_socket, rss_mb, wait_ready
 
 from mechaway.testing.broker import MosquittoBroker
 
@@ -609,6 +609,8 @@ def main() -> None:
         help="MQTTOutNode queue_size (default: the node's own default)",
     )
     args = ap.parse_args()
+    if args.role == "harness":
+        compile_package()  # the daemon loads .pyc files, as an installed one does
     if args.role == "pace":
         role_pace(args.port, args.rate, args.messages)
         return

@@ -146,11 +146,15 @@ class Daemon:
         }
 
     # -- lifecycle --------------------------------------------------------------------------
-    def plugin_reports(self) -> list[dict[str, Any]]:
-        """Entry-point plugins and WASM node packs: what loaded, what was skipped and why."""
+    def plugin_reports(self, *, scan: bool = False) -> list[dict[str, Any]]:
+        """Entry-point plugins and WASM node packs: what loaded, what was skipped and why.
+
+        ``scan`` looks for entry points now (else: what earlier lookups found).
+        """
         from mechaway.nodes import plugins
 
-        reports = plugins.reports() + (self.packs.reports() if self.packs else [])
+        found = plugins.load_entry_points() if scan else plugins.reports()
+        reports = found + (self.packs.reports() if self.packs else [])
         return [
             {"name": r.name, "source": r.source, "types": list(r.types), "error": r.error or None}
             for r in reports
@@ -168,7 +172,6 @@ class Daemon:
     async def start(self) -> None:
         from mechaway.nodes import plugins
 
-        plugins.load_entry_points()
         self.packs = plugins.PackWatcher(self.settings.data_dir / "plugins")
         self.packs.scan()
         self._packs_task = asyncio.get_running_loop().create_task(
@@ -250,6 +253,7 @@ class Daemon:
             token=api.token,
             max_body=api.max_body_bytes,
             series_store=SeriesStore.of(self.db),
+            plugins_fn=lambda: self.plugin_reports(scan=True),
         )
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()

@@ -29,6 +29,7 @@ PREFIX = "/api/v1"
 MANAGER: web.AppKey[FlowManager] = web.AppKey("manager", FlowManager)
 STATUS: web.AppKey[StatusFn] = web.AppKey("status", Callable)  # type: ignore[arg-type]
 TOKEN: web.AppKey[str | None] = web.AppKey("token", str)
+PLUGINS: web.AppKey[Callable[[], list[dict[str, Any]]]] = web.AppKey("plugins", Callable)  # type: ignore[arg-type]
 STARTED: web.AppKey[float] = web.AppKey("started", float)
 SERIES: web.AppKey[SeriesStore] = web.AppKey("series", SeriesStore)
 
@@ -159,7 +160,7 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def plugins(request: web.Request) -> web.Response:
-    return _json(request.app[STATUS]().get("plugins", []))
+    return _json(request.app[PLUGINS]())
 
 
 async def schema(request: web.Request) -> web.Response:
@@ -217,11 +218,13 @@ def make_app(
     token: str | None,
     max_body: int,
     series_store: SeriesStore | None = None,
+    plugins_fn: Callable[[], list[dict[str, Any]]] = list,
 ) -> web.Application:
     """The admin API application."""
     app = web.Application(middlewares=[_guard], client_max_size=max_body)
     app[MANAGER] = manager
     app[STATUS] = status_fn
+    app[PLUGINS] = plugins_fn
     app[TOKEN] = token
     app[STARTED] = time.monotonic()
     r = app.router

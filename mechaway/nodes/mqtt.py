@@ -10,10 +10,9 @@ from typing import Any, ClassVar, Literal
 
 from mechaway.nodes.base import (
     Message,
+    Node,
     NodeParams,
     Result,
-    SinkNode,
-    SinkParams,
     SourceNode,
     emit_collecting,
     get_path,
@@ -151,7 +150,7 @@ def compile_topic(template: str) -> Callable[[Message], str]:
     return render
 
 
-class MQTTOutParams(SinkParams):
+class MQTTOutParams(NodeParams):
     connection: str = "default"
     #: topic or template with message fields: ``"out/{topic}"``, ``"site/{payload.room}"``
     topic: str = "{topic}"
@@ -162,7 +161,6 @@ class MQTTOutParams(SinkParams):
     property: str = "payload"
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if not self.topic:
             raise ValueError("topic must not be empty")
         if "+" in _TEMPLATE_RE.sub("", self.topic) or "#" in _TEMPLATE_RE.sub("", self.topic):
@@ -170,29 +168,36 @@ class MQTTOutParams(SinkParams):
 
 
 @register_node("MQTTOutNode")
-class MQTTOutNode(SinkNode):
+class MQTTOutNode(Node):
     """Publish each message (its ``property``, encoded) to a topic rendered from a template.
 
-    QoS 1/2 publishes made while the broker is down are spooled durably and delivered in
-    order on reconnect; QoS 0 while offline follows the connection's ``offline_qos0``.
+    A publish is a non-blocking hand-off to the connection, which owns the bounded
+    buffers and their policies: QoS 1/2 beyond the in-flight window or while the broker
+    is down go to the durable spool (``spool_max``/``spool_overflow``, delivered in order
+    on reconnect); QoS 0 is dropped and counted past ``max_write_buffer_bytes`` or while
+    offline (``offline_qos0``). So the node is called directly on the hot path, with no
+    queue or task of its own in between.
     """
 
     Params = MQTTOutParams
+    ports: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
         super().__init__(node_id, params, ctx)
         self._topic = compile_topic(params.topic)
         self._keys = split_path(params.property)
         self._encode = ENCODERS[params.encode]
+        self._qos = params.qos
+        self._retain = params.retain
         self._conn: Any = None
 
     async def start(self) -> None:
         self._conn = await self.ctx.services.connection("mqtt", self.params.connection)
 
-    async def write(self, msg: Message) -> Result:
+    def process(self, msg: Message) -> Result:
         topic = self._topic(msg)
         if not topic or "+" in topic or "#" in topic:
             raise ValueError(f"bad publish topic {topic!r}")
         payload = self._encode(get_path(msg, self._keys) if self._keys else msg)
-        self._conn.publish(topic, payload, self.params.qos, self.params.retain)
+        self._conn.publish(topic, payload, self._qos, self._retain)
         return None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,10 +29,18 @@ log = logging.getLogger("mechaway.plugins")
 
 GROUP = "mechaway.nodes"
 _reports: dict[str, PluginReport] = {}
+_scanned = False
 
 
-def load_entry_points() -> list[PluginReport]:
-    """Load every not-yet-loaded entry point of the group; return one report each."""
+def load_entry_points(*, rescan: bool = False) -> list[PluginReport]:
+    """Load every not-yet-loaded entry point of the group (scanned once per process unless
+    ``rescan``); return one report each."""
+    global _scanned
+    if _scanned and not rescan:
+        return list(_reports.values())
+    _scanned = True
+    from importlib.metadata import entry_points
+
     for ep in entry_points(group=GROUP):
         key = f"{ep.name}={ep.value}"
         if key in _reports:
@@ -57,6 +64,7 @@ def load_entry_points() -> list[PluginReport]:
 
 
 def reports() -> list[PluginReport]:
+    """What the entry-point scan found so far (no scan)."""
     return list(_reports.values())
 
 
@@ -160,7 +168,7 @@ def load_pack(manifest_path: Path) -> str:
     description = str(manifest.get("description", f"WASM node from {module.name}"))
 
     class PackNode(WASMNode):
-        Params = params_cls  # type: ignore[assignment]
+        Params = params_cls
 
         @classmethod
         def output_ports(cls, params: Any) -> tuple[str, ...]:

@@ -73,15 +73,28 @@ def _ensure_builtins() -> None:
         importlib.import_module(mod)
 
 
+def _load_plugins() -> None:
+    """Discover entry-point plugins (once; importlib.metadata costs ~2.4 MB of RSS, so the
+    scan waits until a flow names a type that is not built in, or types are listed)."""
+    from mechaway.nodes import plugins
+
+    plugins.load_entry_points()
+
+
 def get_node_type(name: str) -> type[Node] | None:
-    """The class registered as ``name``, or ``None``."""
+    """The class registered as ``name`` (built-in, pack or plugin), or ``None``."""
     _ensure_builtins()
-    return _TYPES.get(name)
+    cls = _TYPES.get(name)
+    if cls is None:
+        _load_plugins()
+        cls = _TYPES.get(name)
+    return cls
 
 
 def node_types() -> dict[str, type[Node]]:
-    """Every registered node type by name (a copy)."""
+    """Every registered node type by name (a copy), plugins included."""
     _ensure_builtins()
+    _load_plugins()
     return dict(sorted(_TYPES.items()))
 
 

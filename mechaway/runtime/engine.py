@@ -61,16 +61,19 @@ class Router:
             d(msg)
 
     def route(self, result: Any, msg: Message) -> None:
-        """Route a non-dict result: a list of ``(port, message)`` pairs."""
+        """Route a non-dict result: a list of ``(port, message)`` pairs (checked whole first,
+        so a malformed result emits nothing)."""
         try:
-            pairs = [(str(p), m) for p, m in result]
-            for _p, m in pairs:
-                if type(m) is not dict:
-                    raise TypeError(f"expected a message dict, got {type(m).__name__}")
+            if type(result) is not list:
+                raise TypeError(f"expected a dict, a list or None, got {type(result).__name__}")
+            for item in result:
+                port, m = item
+                if type(m) is not dict or type(port) is not str:
+                    raise TypeError(f"expected (port, message) pairs, got {item!r:.80}")
         except (TypeError, ValueError) as exc:
             self.fail(msg, TypeError(f"bad result from process(): {exc}"))
             return
-        for port, m in pairs:
+        for port, m in result:
             self.emit(m, port)
 
     def fail(self, msg: Message, exc: BaseException) -> None:
@@ -216,6 +219,8 @@ class RunningFlow:
     sinks: dict[str, SinkRunner] = field(default_factory=dict)
     dispatch: dict[str, Dispatch] = field(default_factory=dict)
     routers: dict[str, Router] = field(default_factory=dict)
+    #: the room events of the ``block`` sinks only (drop-policy sinks never push back)
+    block_rooms: tuple[asyncio.Event, ...] = ()
     deployed_at: float = field(default_factory=time.time)
 
     @property
@@ -260,6 +265,7 @@ class RunningFlow:
 
     def bind(self) -> None:
         """Point every node's ``emit``/``room`` (and sink writers) at this plan."""
+        self.block_rooms = tuple(s.room for s in self.sinks.values() if s.policy == "block")
         room = self.wait_room
         for nid, node in self.instances.items():
             node.emit = self.routers[nid].emit
@@ -270,8 +276,8 @@ class RunningFlow:
                 self.sinks[nid].router = self.routers[nid]
 
     def is_blocked(self) -> bool:
-        """True while a ``block`` sink of this flow is full."""
-        return any(not s.room.is_set() for s in self.sinks.values())
+        """True while a ``block`` sink of this flow is full (sources call this per message)."""
+        return any(not room.is_set() for room in self.block_rooms)
 
     async def wait_room(self) -> None:
         """Sources await this: returns when no ``block`` sink of the flow is full."""

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,14 +11,9 @@ from typing import Any
 
 import pytest
 
+from mechaway.testing.daemon import clean_env, free_port
+
 from .util import IDLE_SOURCE, doc, edge, node
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without any MECHAWAY_* setting of the machine running the tests."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MECHAWAY_")}
-    env.update(extra)
-    return env
 
 
 def mechaway(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -51,13 +44,6 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str)
     for n in needles:
         assert n in lines[0], lines[0]
     return lines[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def good_flow() -> dict[str, Any]:

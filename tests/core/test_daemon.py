@@ -9,15 +9,16 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .test_cli import assert_one_line_error, clean_env, free_port, stderr_lines
+from mechaway.testing.daemon import DaemonProc as _DaemonProc
+from mechaway.testing.daemon import clean_env, free_port
+
+from .test_cli import assert_one_line_error, stderr_lines
 
 TOKEN = "daemon-test-token"
 
@@ -47,142 +48,11 @@ def write_atomically(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-class DaemonProc:
-    """One ``python -m mechaway start`` subprocess and helpers to talk to it."""
+class DaemonProc(_DaemonProc):
+    """The shared daemon helper, with this module's token."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.flows = root / "flows"
-        self.data = root / "data"
-        self.config = root / "mechaway.toml"
-        self.logfile = root / "daemon.log"
-        self.flows.mkdir(parents=True, exist_ok=True)
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def write_config(self, poll_interval: float) -> None:
-        self.config.write_text(
-            f'[api]\ntoken = "{TOKEN}"\n\n[flows]\npoll_interval = {poll_interval}\n\n'
-            '[log]\nlevel = "info"\n\n[engine]\nstop_timeout = 2.0\n'
-        )
-
-    def start(self, poll_interval: float = 0.2) -> None:
-        self.write_config(poll_interval)
-        self.port = free_port()
-        with self.logfile.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "mechaway",
-                    "--config",
-                    str(self.config),
-                    "start",
-                    "--flows",
-                    str(self.flows),
-                    "--data-dir",
-                    str(self.data),
-                    "--listen",
-                    f"127.0.0.1:{self.port}",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=clean_env(),
-            )
-        self.wait(lambda: self.health() == 200, 20, "the API to answer /health")
-
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def wait(self, pred: Callable[[], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc is not None and self.proc.poll() is None, (
-                f"the daemon exited ({self.proc and self.proc.returncode}):\n{self.log_tail()}"
-            )
-            value = pred()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out waiting for {what}; daemon log:\n{self.log_tail()}"
-                )
-            time.sleep(0.05)
-
-    def health(self) -> int:
-        try:
-            return self.api("GET", "/health", token=None)[0]
-        except OSError:
-            return 0
-
-    def api(self, method: str, path: str, body: Any = None, token: str | None = TOKEN) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"{self.url}/api/v1{path}", data=data, method=method)
-        req.add_header("Content-Type", "application/json")
-        if token:
-            req.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read() or b"null")
-
-    def status(self) -> dict[str, Any]:
-        code, body = self.api("GET", "/status")
-        assert code == 200, body
-        result: dict[str, Any] = body
-        return result
-
-    def flow_status(self, fid: str) -> dict[str, Any] | None:
-        flow: dict[str, Any] | None = self.status()["flows"].get(fid)
-        return flow
-
-    def cli(self, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
-        extra = ["--token", token] if token is not None else []
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "mechaway",
-                "--config",
-                str(self.config),
-                "--url",
-                self.url,
-                *extra,
-                *args,
-            ],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=clean_env(),
-        )
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def terminate(self, timeout: float = 10.0) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"SIGTERM did not stop the daemon:\n{self.log_tail()}") from None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        super().__init__(root, token=TOKEN)
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,7 @@ import asyncio
 import base64
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +20,8 @@ from mechaway.drivers.mqtt import Incoming, MqttConnection, MqttSettings
 from mechaway.flow.validate import validate
 from mechaway.nodes.context import Services
 from mechaway.runtime.engine import Engine
-from mechaway.testing.broker import MosquittoBroker, free_port
+from mechaway.testing.broker import MosquittoBroker
+from mechaway.testing.daemon import DaemonProc
 from mechaway.testing.nodes import COLLECTED
 
 
@@ -194,52 +191,10 @@ def test_invalid_topics_are_flow_errors() -> None:
 
 
 # -- the daemon as a subprocess ---------------------------------------------------------------
-class Daemon:
-    """``python -m mechaway start`` with a config pointing at the test broker."""
-
-    def __init__(self, tmp: Path, mqtt: dict[str, Any]) -> None:
-        self.tmp = tmp
-        self.port = free_port()
-        self.flows = tmp / "flows"
-        self.flows.mkdir(exist_ok=True)
-        lines = ["[device]", 'id = "dut"', f'data_dir = "{tmp / "data"}"',
-                 "[api]", f'listen = "127.0.0.1:{self.port}"', "lazy = false",
-                 "[flows]", f'dir = "{self.flows}"', "poll_interval = 0.2",
-                 "[mqtt.default]"]  # fmt: skip
-        lines += [f"{k} = {json.dumps(v)}" for k, v in mqtt.items()]
-        self.config = tmp / "mechaway.toml"
-        self.config.write_text("\n".join(lines) + "\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mechaway", "--config", str(self.config), "start"],
-            stdout=subprocess.DEVNULL, stderr=open(self.tmp / "daemon.log", "ab"),  # noqa: SIM115
-        )  # fmt: skip
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                self.get("/health")
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("daemon did not come up:\n" + (self.tmp / "daemon.log").read_text())
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1{path}", timeout=5) as r:
-            return json.loads(r.read())
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            return self.proc.wait(15)
-        return self.proc.returncode
+def mqtt_daemon(root: Path, mqtt: dict[str, Any]) -> DaemonProc:
+    """``mechaway start`` with ``[mqtt.default]`` pointing at the test broker."""
+    lines = ["[mqtt.default]", *(f"{k} = {json.dumps(v)}" for k, v in mqtt.items())]
+    return DaemonProc(root, config="\n".join(lines))
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -266,7 +221,7 @@ def test_daemon_killed_while_publishes_are_spooled_delivers_them_after_restart(
     """QoS 1 publishes made while the broker is down survive kill -9 and arrive in order."""
     broker = MosquittoBroker()  # not started: the broker is down
     try:
-        daemon = Daemon(tmp_path, {"port": broker.port, "reconnect_max": 0.5})
+        daemon = mqtt_daemon(tmp_path, {"port": broker.port, "reconnect_max": 0.5})
         daemon.start()
         (daemon.flows / "producer.json").write_text(json.dumps(PRODUCER))
 
@@ -293,7 +248,7 @@ def test_daemon_killed_while_publishes_are_spooled_delivers_them_after_restart(
             wait_for(lambda: len(got) >= 60)
             time.sleep(0.5)  # nothing more than what was spooled may arrive
             status = daemon.get("/status")["connections"]["mqtt.default"]
-            assert daemon.stop() == 0
+            assert daemon.terminate() == 0
         finally:
             sub.loop_stop()
             sub.disconnect()
@@ -306,8 +261,8 @@ def test_daemon_killed_while_publishes_are_spooled_delivers_them_after_restart(
 
 def test_wrong_password_is_a_clear_status_and_the_daemon_keeps_running(tmp_path: Path) -> None:
     with MosquittoBroker(users={"edge": "right"}) as broker:
-        daemon = Daemon(tmp_path, {"port": broker.port, "username": "edge", "password": "wrong",
-                                   "reconnect_max": 0.5})  # fmt: skip
+        mqtt = {"port": broker.port, "username": "edge", "password": "wrong", "reconnect_max": 0.5}
+        daemon = mqtt_daemon(tmp_path, mqtt)
         daemon.start()
         try:
             (daemon.flows / "p.json").write_text(json.dumps(PRODUCER))
@@ -321,10 +276,10 @@ def test_wrong_password_is_a_clear_status_and_the_daemon_keeps_running(tmp_path:
             assert "auth" in (st["last_error"] or "").lower() or "refused" in st["state"]
             assert daemon.get("/health")["status"] == "ok"
             wait_for(lambda: daemon.get("/status")["flows"].get("producer") is not None)
-            log = (tmp_path / "daemon.log").read_text()
+            log = daemon.logfile.read_text()
             assert "Traceback" not in log
         finally:
-            assert daemon.stop() == 0
+            assert daemon.terminate() == 0
     assert os.path.exists(tmp_path / "data" / "mechaway.db")
 
 

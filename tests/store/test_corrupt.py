@@ -14,8 +14,10 @@ import pytest
 
 from mechaway.store.db import Database
 from mechaway.store.outbox import Outbox
+from mechaway.testing.daemon import free_port
 
-from .test_crash import ROOT, clean_env, free_port
+from .test_crash import ROOT
+from .test_crash import daemon_env as clean_env
 
 
 async def _make_db(path: Path, n: int = 5000) -> None:

@@ -13,11 +13,7 @@ import asyncio
 import json
 import os
 import random
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,75 +22,35 @@ from typing import Any
 import orjson
 import pytest
 
+from mechaway.testing.daemon import DaemonProc, clean_env, free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 KILLS = 20
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def daemon_env() -> dict[str, str]:
+    return clean_env(PYTHONPATH=str(ROOT))
 
 
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MECHAWAY_")}
-    env["PYTHONPATH"] = str(ROOT)
-    return env
-
-
-class Daemon:
+class Daemon(DaemonProc):
     """``mechaway start`` (the real CLI) with the test's AckFeedNode type registered."""
 
     def __init__(self, base: Path, flow: dict[str, Any]) -> None:
-        self.flows = base / "flows"
-        self.data = base / "data"
-        self.flows.mkdir(parents=True, exist_ok=True)
+        super().__init__(base, env=daemon_env())
         (self.flows / f"{flow['id']}.json").write_text(json.dumps(flow))
-        self.log = base / "daemon.log"
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def db(self) -> Path:
-        return self.data / "mechaway.db"
-
-    def start(self, *, feed: bool = True, port: int = 0) -> None:
+    def start(self, poll_interval: float = 1.0, *, wait: bool = False, feed: bool = True) -> None:
         """The CLI via ``crash_feed.py`` (registers AckFeedNode first) or ``-m mechaway``."""
-        entry = [str(Path(__file__).with_name("crash_feed.py"))] if feed else ["-m", "mechaway"]
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    *entry,
-                    "start",
-                    "--flows",
-                    str(self.flows),
-                    "--data-dir",
-                    str(self.data),
-                    "--listen",
-                    f"127.0.0.1:{port or free_port()}",
-                ],
-                cwd=ROOT,
-                env=clean_env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        self.entry = (
+            [str(Path(__file__).with_name("crash_feed.py"))] if feed else ["-m", "mechaway"]
+        )
+        super().start(poll_interval, wait=wait)
 
     def term(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(20)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.terminate()
 
     def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
+        return self.log_tail(60)
 
 
 def read_outbox(db: Path) -> list[tuple[int, int, int]]:
@@ -311,7 +267,6 @@ async def test_series_endpoint_of_the_daemon(tmp_path: Path) -> None:
     """StoreNode in a flow file, history through GET /api/v1/series/NAME of the daemon."""
     import urllib.request
 
-    port = free_port()
     doc = {
         "id": "hist",
         "name": "history",
@@ -325,7 +280,7 @@ async def test_series_endpoint_of_the_daemon(tmp_path: Path) -> None:
     daemon = Daemon(tmp_path, doc)
 
     def get(path: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+        with urllib.request.urlopen(f"{daemon.url}{path}", timeout=5) as r:
             return json.loads(r.read())
 
     def count() -> int:
@@ -335,7 +290,7 @@ async def test_series_endpoint_of_the_daemon(tmp_path: Path) -> None:
             return 0
         return int(body["points"][0][1]) if body["points"] else 0
 
-    daemon.start(feed=False, port=port)
+    daemon.start(feed=False)
     try:
         await _wait_for(lambda: count() >= 20, 20, daemon)
         body = await asyncio.to_thread(get, "/api/v1/series/gh/1/temp?agg=mean&bucket=3600")
