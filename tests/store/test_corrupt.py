@@ -4,7 +4,6 @@ documented recovery (move the file set aside, ``sqlite3 .recover``) gets the dat
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -111,7 +110,6 @@ def epoch_of(path: Path) -> str:
 
 
 @pytest.mark.asyncio
-@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="needs the sqlite3 command")
 async def test_salvage_output_is_a_healthy_database(tmp_path: Path) -> None:
     """The result passes SQLite's full integrity check."""
     db = tmp_path / "bad.db"
