@@ -68,17 +68,20 @@ class Daemon:
         self.flows_dir = flows_dir or (
             Path(settings.flows.dir).expanduser() if settings.flows.dir else None
         )
-        self.db = Database(settings.db_path)
+        self.db = Database(
+            settings.db_path, commit_interval=settings.store.commit_interval_ms / 1000
+        )
         self.store = FlowStore(self.db)
         self.services = Services(
             device_id=settings.device.id, data_dir=settings.data_dir, store=self.db
         )
         self.engine = Engine(self.services, stop_timeout=settings.engine.stop_timeout)
         #: node state of ``persist: true`` nodes: restored on create, saved on retire/periodically
-        self.contexts = ContextKeeper(self.db)
+        self.contexts = ContextKeeper(self.db, interval=settings.store.context_interval_s)
         self.contexts.attach(self.engine)
         self.maintenance = Maintenance(self.db)
         self.manager = FlowManager(self.engine, self.store)
+        self.manager.on_deleted.append(self.contexts.forget)
         self.watcher: FlowDirWatcher | None = None
         self._runner: Any = None
         self._api_sock: socket.socket | None = None

@@ -67,6 +67,19 @@ class EngineSettings(_Section):
     stop_timeout: float = 5.0
 
 
+class StoreSettings(_Section):
+    #: group-commit window: longer = fewer fsyncs and bytes per message, later acks
+    commit_interval_ms: float = 10.0
+    #: how often changed node context (``persist: true``) is saved
+    context_interval_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.commit_interval_ms <= 1000:
+            raise ValueError("commit_interval_ms must be within (0, 1000]")
+        if self.context_interval_s <= 0:
+            raise ValueError("context_interval_s must be > 0")
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -77,6 +90,7 @@ class Settings(_Section):
     flows: FlowsSettings = msgspec.field(default_factory=FlowsSettings)
     engine: EngineSettings = msgspec.field(default_factory=EngineSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
+    store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     hub: HubSettings = msgspec.field(default_factory=HubSettings)
     #: ``[mqtt.NAME]`` connections; checked by the MQTT driver's settings struct
     mqtt: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
@@ -129,6 +143,7 @@ _SECTION_KEYS = {
         ("flows", FlowsSettings),
         ("engine", EngineSettings),
         ("log", LogSettings),
+        ("store", StoreSettings),
         ("hub", HubSettings),
     )
 }

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,8 @@ class FlowManager:
         self.engine = engine
         self.store = store
         self._lock = asyncio.Lock()
+        #: awaited with the flow id after a flow was deleted (e.g. to drop its node state)
+        self.on_deleted: list[Callable[[str], Awaitable[None]]] = []
 
     async def deploy(self, raw: Any, source: Source, *, origin: str = "") -> DeployResult:
         """Validate and run ``raw``; on any failure the running revision is untouched."""
@@ -72,6 +75,8 @@ class FlowManager:
             running = await self.engine.remove(flow_id)
             if known:
                 await self.store.deactivate(flow_id)
+            for hook in self.on_deleted:
+                await hook(flow_id)
         return known or running
 
     async def rollback(self, flow_id: str, rev: int) -> DeployResult:
@@ -142,8 +147,9 @@ class FlowDirWatcher:
         from_files = {s.flow_id for s in self.files.values() if s.flow_id}
         for revision in self.manager.store.active():
             if revision.source == "file" and revision.flow_id not in from_files:
-                log.info("flow %s: its file is gone from %s, deleting", revision.flow_id,
-                         self.directory)
+                log.info(
+                    "flow %s: its file is gone from %s, deleting", revision.flow_id, self.directory
+                )
                 await self.manager.delete(revision.flow_id)
 
     def nudge(self) -> None:

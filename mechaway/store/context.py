@@ -192,6 +192,16 @@ class ContextKeeper:
         if blob is not None and blob != self._saved.get((flow_id, node_id)):
             self._submit([(flow_id, node_id, blob)])
 
+    async def forget(self, flow_id: str) -> None:
+        """A flow was deleted: drop its nodes' saved state (a new flow of the same id
+        starts fresh). Waits until the deletion is durable, after any pending save."""
+        for key in [k for k in self._saved if k[0] == flow_id]:
+            del self._saved[key]
+        await self.db.write(
+            lambda conn: conn.execute("DELETE FROM node_context WHERE flow_id = ?", (flow_id,)),
+            durable=True,
+        )
+
     # -- periodic checkpoint ----------------------------------------------------------------
     def save_changed(self) -> asyncio.Future[None] | None:
         """Save every running persistent node whose state changed: ONE durable op."""

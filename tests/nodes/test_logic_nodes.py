@@ -163,3 +163,33 @@ async def test_wasm_runaway_is_cut_by_fuel_and_the_node_serves_on(
     assert "fuel" in COLLECTED["c.err"][0]["error"]["message"]
     assert COLLECTED["c.out"] == [{"do": 0}, {"do": 0}]
     await engine.stop()
+
+
+@pytest.mark.asyncio
+async def test_deleting_a_flow_forgets_its_persisted_state(tmp_path: pathlib.Path) -> None:
+    from mechaway.runtime.manager import FlowManager
+    from mechaway.store.flows import FlowStore
+
+    script = "state.n = (state.n or 0) + 1\nreturn {payload = state.n}"
+    doc = logic_flow("p", {"type": "FunLogicNode", "params": {"script": script, "persist": True}})
+    db = Database(tmp_path / "ctx.db")
+    db.open()
+    engine = Engine(Services(store=db))
+    keeper = ContextKeeper(db)
+    keeper.attach(engine)
+    manager = FlowManager(engine, FlowStore(db))
+    manager.on_deleted.append(keeper.forget)
+    try:
+        for _ in range(2):
+            await manager.deploy(doc, "api")
+            for i in range(3):
+                engine.inject("p", "logic", msg(1.0, i))
+            await drain(engine, "p")
+            assert [m["payload"] for m in COLLECTED["p.out"]] == [1, 2, 3]  # fresh each time
+            COLLECTED["p.out"].clear()
+            assert await manager.delete("p")
+            rows = db.read("SELECT COUNT(*) FROM node_context WHERE flow_id = 'p'")
+            assert rows[0][0] == 0
+    finally:
+        await engine.stop()
+        await db.close()
