@@ -118,3 +118,33 @@ def test_broken_pack_is_reported_and_skipped(tmp_path: pathlib.Path, c_wasm: pat
     assert "params.properties.x.type" in reports["badschema"].error
     assert all(not r.types for r in reports.values())
     assert get_node_type("RouteNode").__module__ == "mechaway.nodes.transform"  # type: ignore[union-attr]
+
+
+def test_daemon_picks_up_a_pack_without_restart_and_lists_plugins(
+    tmp_path: pathlib.Path, c_wasm: pathlib.Path
+) -> None:
+    from mechaway.testing.daemon import DaemonProc
+
+    daemon = DaemonProc(tmp_path)
+    daemon.start()
+    try:
+        write_pack(daemon.data / "plugins", "thresh", c_wasm, {"type": "LivePackNode"})
+        doc = flow("LivePackNode", {})
+        doc["nodes"][0]["params"] = {"interval": 0.05, "payload": {"temp": 35.0}}
+        doc["nodes"][2] = {"id": "sink", "type": "LogNode", "params": {"keep": 3}}
+
+        def deployed() -> bool:
+            code, _ = daemon.api("PUT", "/flows/p", doc)
+            return bool(code in (200, 201))
+
+        daemon.wait(deployed, 15, "the pack's node type to be usable")  # no restart
+        daemon.wait(lambda: (daemon.flow_status("p") or {}).get("nodes", {}).get("sink", {})
+                    .get("recent") == ["on"] * 3, 10, "the pack node to run")  # fmt: skip
+        out = daemon.cli("plugins", "list")
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert any(ln.startswith("thresh") and "LivePackNode" in ln for ln in lines), lines
+        assert any(ln.startswith("example") and "ScaleNode" in ln for ln in lines), lines
+        assert any(ln.startswith("broken") and "skipped: RuntimeError" in ln for ln in lines)
+    finally:
+        assert daemon.terminate() == 0
