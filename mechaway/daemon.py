@@ -25,6 +25,7 @@ from mechaway.store.db import Database
 from mechaway.store.flows import FlowStore
 from mechaway.store.maintenance import Maintenance
 from mechaway.store.spool import SqliteSpool
+from mechaway.tasks import OwnedTask
 
 log = logging.getLogger("mechaway.daemon")
 
@@ -91,7 +92,7 @@ class Daemon:
         self.listen_port: int | None = None
         self._drivers: dict[tuple[str, str], Any] = {}
         self.packs: Any = None
-        self._packs_task: asyncio.Task[None] | None = None
+        self._packs_task = OwnedTask("mechaway.plugins.watcher")
         self._mqtt_settings = self._check_mqtt(settings)
         self.services.connections["mqtt"] = self._mqtt
 
@@ -177,9 +178,7 @@ class Daemon:
 
         self.packs = plugins.PackWatcher(self.settings.data_dir / "plugins")
         self.packs.scan()
-        self._packs_task = asyncio.get_running_loop().create_task(
-            self._watch_packs(), name="mechaway.plugins.watcher"
-        )
+        self._packs_task.start(self._watch_packs)
         self.db.open()
         await self.contexts.start()
         await self.maintenance.start()
@@ -277,9 +276,7 @@ class Daemon:
         log.info("stopping")
         if self.watcher is not None:
             await self.watcher.stop()
-        if self._packs_task is not None:
-            self._packs_task.cancel()
-            await asyncio.gather(self._packs_task, return_exceptions=True)
+        await self._packs_task.stop()
         if self._api_task is not None:
             await asyncio.gather(self._api_task, return_exceptions=True)
         if self._runner is not None:

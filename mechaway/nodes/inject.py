@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any, ClassVar
 
 from mechaway.nodes.base import NodeParams, SourceNode, now
 from mechaway.nodes.registry import register_node
+from mechaway.tasks import OwnedTask
 
 
 class InjectParams(NodeParams):
@@ -54,20 +54,14 @@ class InjectNode(SourceNode):
 
     def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
         super().__init__(node_id, params, ctx)
-        self._task: asyncio.Task[None] | None = None
+        self._task = OwnedTask(f"mechaway.inject[{ctx.flow_id}.{node_id}]")
         self.sent = 0
 
     async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name=f"mechaway.inject[{self.ctx.flow_id}.{self.id}]"
-        )
+        self._task.start(self._run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     async def _fire(self) -> bool:
         """Send one message; False once ``repeat`` is reached."""

@@ -20,6 +20,7 @@ from mechaway.flow.parse import FLOW_SUFFIXES, read_file
 from mechaway.flow.validate import validate
 from mechaway.runtime.engine import Engine
 from mechaway.store.flows import FlowStore, Source
+from mechaway.tasks import OwnedTask
 
 log = logging.getLogger("mechaway.flows")
 
@@ -116,7 +117,7 @@ class FlowDirWatcher:
     interval: float = 1.0
     files: dict[Path, _FileState] = field(default_factory=dict)
     _mtimes: dict[Path, tuple[float, int]] = field(default_factory=dict)
-    _task: asyncio.Task[None] | None = None
+    _task: OwnedTask = field(default_factory=lambda: OwnedTask("mechaway.flows.watcher"))
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def errors(self) -> dict[str, str]:
@@ -125,16 +126,10 @@ class FlowDirWatcher:
     async def start(self) -> None:
         await self.scan()
         await self._forget_vanished()
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name="mechaway.flows.watcher"
-        )
+        self._task.start(self._run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     async def _forget_vanished(self) -> None:
         """Flows deployed from a file that is gone (deleted while the daemon was down) stop.

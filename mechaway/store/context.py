@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import orjson
 
 from mechaway.store.db import Database, register_migration
+from mechaway.tasks import OwnedTask
 
 log = logging.getLogger("mechaway.store.context")
 
@@ -87,7 +88,7 @@ class ContextKeeper:
         self._engine: EngineHooks | None = None
         #: the last state blob read or submitted per node (newer than the file until committed)
         self._saved: dict[Key, bytes] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._task = OwnedTask("mechaway.store.context.saver")
         self.restored = 0
         self.saves = 0
         self.save_errors = 0
@@ -220,18 +221,11 @@ class ContextKeeper:
                 await fut
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name="mechaway.store.context.saver"
-            )
+        self._task.start(self._run)
 
     async def stop(self) -> None:
         """Stop the periodic pass (retiring nodes still save through the hook). Idempotent."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     async def _run(self) -> None:
         while True:

@@ -22,7 +22,6 @@ it. ``VACUUM`` is never run by the daemon: it rewrites the whole file.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import time
@@ -33,6 +32,7 @@ from mechaway.store.kv import KVStore
 from mechaway.store.outbox import Outbox
 from mechaway.store.series import SeriesStore
 from mechaway.store.vectors import VectorStore
+from mechaway.tasks import OwnedTask
 
 log = logging.getLogger("mechaway.store.maintenance")
 
@@ -66,24 +66,17 @@ class Maintenance:
         self.db = db
         self.tick = tick
         self.sync_floor = sync_floor
-        self._task: asyncio.Task[None] | None = None
+        self._task = OwnedTask("mechaway.store.maintenance")
         self._last_floor = 0.0
         self.floor_syncs = 0
         self.last_run_ms = 0.0
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name="mechaway.store.maintenance"
-            )
+        self._task.start(self._run)
 
     async def stop(self) -> None:
         """Cancel the task. Idempotent."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     async def _run(self) -> None:
         while True:
