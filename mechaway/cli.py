@@ -260,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, ConfigError, StoreError) as err:
         print(f"mechaway: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # the environment: permissions, missing directories, full disk
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"mechaway: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return code

@@ -192,7 +192,12 @@ class Daemon:
                 log.error("mqtt.%s: %s spooled publishes wait for it to be configured", name, err)
         await self.manager.start_stored()
         if self.flows_dir is not None:
-            self.flows_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.flows_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise ConfigError(
+                    f"flows.dir: cannot create {self.flows_dir}: {err.strerror or err}"
+                ) from err
             self.watcher = FlowDirWatcher(
                 self.manager, self.flows_dir, self.settings.flows.poll_interval
             )

@@ -113,7 +113,12 @@ class Database:
 
     def open(self) -> None:
         """Open (creating if needed), check integrity, migrate; start the writer thread."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(
+                f"{self.path.parent}: cannot create the data directory: {err.strerror or err}"
+            ) from err
         for module in SCHEMA_MODULES:
             importlib.import_module(module)
         try:

@@ -208,3 +208,18 @@ def test_version() -> None:
     proc = mechaway("--version")
     assert proc.returncode == 0
     assert proc.stdout.startswith("mechaway ")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--flows", "/proc/no/such/dir"), "flows.dir: cannot create /proc/no/such/dir"),
+        (("--data-dir", "/proc/no/such/dir"), "cannot create the data directory"),
+    ],
+)
+def test_start_with_an_unusable_directory_is_one_line(
+    tmp_path: Path, args: tuple[str, ...], needle: str
+) -> None:
+    base = ("--data-dir", str(tmp_path / "data"), "--listen", f"127.0.0.1:{free_port()}")
+    proc = mechaway("start", *base, *args, env=clean_env(MECHAWAY_LOG_LEVEL="warning"))
+    assert_one_line_error(proc, needle)
