@@ -80,8 +80,8 @@ class MqttSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     session_expiry: Annotated[int, msgspec.Meta(ge=0)] = 3600
     protocol: Literal["3.1.1", "5"] = "5"
     #: larger incoming payloads are dropped and counted before any handler; larger
-    #: outgoing ones are refused and counted
-    max_payload_bytes: Annotated[int, msgspec.Meta(ge=1)] = 256 * 1024
+    #: outgoing ones are refused and counted (MQTT caps a packet at 256 MB)
+    max_payload_bytes: Annotated[int, msgspec.Meta(ge=1, le=255 * 1024 * 1024)] = 256 * 1024
     #: QoS 0 published while disconnected: dropped (counted) or spooled like QoS 1
     offline_qos0: Literal["drop", "queue"] = "drop"
     spool_max: Annotated[int, msgspec.Meta(ge=0)] = 100_000
@@ -217,9 +217,17 @@ def _check_filter(topic_filter: str) -> str:
     return inner
 
 
+def _own(payload: bytes) -> bytes:
+    """A copy sized to its content, for payloads the driver keeps (in flight, spooled):
+    orjson's output holds ~4 KB whatever its length, 400 MB for a full default spool."""
+    return memoryview(payload).tobytes()
+
+
 def _check_topic(topic: str) -> None:
     if not topic or "+" in topic or "#" in topic or "\0" in topic:
         raise ValueError(f"bad topic to publish {topic!r}: empty or has a wildcard")
+    if len(topic.encode("utf-8", "replace")) > 0xFFFF:
+        raise ValueError(f"topic to publish too long ({topic[:40]!r}...): over 65535 bytes")
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
@@ -288,7 +296,8 @@ _COUNTERS = (
 class _DemotedLog:
     """The library's log lines, all at DEBUG: the driver reports conditions once per burst.
 
-    gmqtt calls ``debug`` twice per message: one cached level check, nothing more.
+    On gmqtt's own paths (not the fast ones) it calls ``debug`` per packet: one cached
+    level check, nothing more.
     """
 
     def __init__(self, logger: logging.Logger) -> None:
@@ -308,40 +317,292 @@ class _DemotedLog:
 # ---------------------------------------------------------------------------------------
 # The library seam: everything gmqtt-specific lives below, up to MqttConnection
 # ---------------------------------------------------------------------------------------
+#: a publish larger than this is refused (MQTT's remaining length tops out at 256 MB)
+_MAX_PACKET = 268_435_455
+#: corked writes are flushed at once when this many bytes wait (else once per loop pass)
+_CORK_BYTES = 64 * 1024
+
+
+def _fixed_header(first: int, size: int) -> bytes:
+    """An MQTT fixed header: the first byte and ``size`` as a variable byte integer."""
+    if size < 0x80:
+        return bytes((first, size))
+    if size < 0x4000:
+        return bytes((first, size & 0x7F | 0x80, size >> 7))
+    if size > _MAX_PACKET:
+        raise ValueError(f"MQTT packet of {size} bytes: over 256 MB")
+    out = bytearray((first,))
+    while size:
+        size, byte = divmod(size, 0x80)
+        out.append(byte | 0x80 if size else byte)
+    return bytes(out)
+
+
 @functools.cache
 def _gmqtt() -> tuple[Any, Any, Any, Any]:
-    """Import gmqtt once, lazily; returns (ClientClass, StorageClass, Message, Subscription)."""
+    """Import gmqtt once, lazily; returns (ClientClass, StorageClass, Message, Subscription).
+
+    Three targeted overrides of gmqtt 0.8 internals (checked here, so an upgrade that
+    moves them fails at start-up, not on the wire):
+
+    - the protocol reads in ``data_received`` instead of a reader task: no task wake-up
+      per read, and PUBLISH packets of the usual shape (no topic alias, no property but
+      subscription identifiers) are decoded straight into ``Incoming`` without gmqtt's
+      per-message packet object, property dictionary and coroutine check; any other
+      packet, and any PUBLISH the fast path does not take, goes through gmqtt unchanged;
+    - writes are corked: the session's PUBLISH and acknowledgement packets are gathered
+      and written with one ``transport.write`` after the read that caused them, or at the
+      next loop pass (``call_soon``); gmqtt's own packets (CONNECT, SUBSCRIBE, PUBREL,
+      DISCONNECT, ...) flush what is corked first, so the order on the wire is the order
+      of the calls;
+    - the session builds its PUBLISH packets itself (gmqtt's packet-id allocator and
+      in-flight store still see every QoS>=1 one, so its PUBACK/PUBREC/PUBCOMP handling
+      is unchanged).
+    """
     try:
         import gmqtt
+        from gmqtt.mqtt.connection import MQTTConnection
+        from gmqtt.mqtt.constants import MQTTv50
         from gmqtt.mqtt.handler import MqttPackageHandler
+        from gmqtt.mqtt.package import Package
+        from gmqtt.mqtt.protocol import BaseMQTTProtocol, MQTTProtocol
         from gmqtt.storage import PersistentStorage
     except ImportError as err:  # pragma: no cover - gmqtt is a core dependency
         raise ConfigError("the MQTT driver needs gmqtt: pip install gmqtt") from err
-    for name in (
-        "_handle_qos_1_publish_packet",
-        "_handle_qos_2_publish_packet",
-        "_send_puback",
-        "_send_pubrec",
+    for owner, name in (
+        (MqttPackageHandler, "_handle_qos_1_publish_packet"),
+        (MqttPackageHandler, "_handle_qos_2_publish_packet"),
+        (MqttPackageHandler, "_handle_publish_packet"),
+        (MQTTProtocol, "write_data"),
+        (MQTTProtocol, "_read_packet"),
+        (MQTTConnection, "put_package"),
+        (gmqtt.Client, "_create_connection"),
+        (gmqtt.Client, "_exit_reconnecting_state"),
     ):
-        if not hasattr(MqttPackageHandler, name):  # pragma: no cover - guards an upgrade
-            raise ConfigError(f"unsupported gmqtt {gmqtt.__version__}: no {name}")
+        if not hasattr(owner, name):  # pragma: no cover - guards an upgrade
+            raise ConfigError(f"unsupported gmqtt {gmqtt.__version__}: no {owner.__name__}.{name}")
+
+    monotonic = time.monotonic
+
+    class Protocol(MQTTProtocol):  # type: ignore[misc]
+        """gmqtt's protocol, read in ``data_received`` and written corked (see above)."""
+
+        def __init__(self, *args: Any, deliver: Callable[..., None] | None, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            #: ``deliver(Incoming, mid, sub_ids)`` for fast-path PUBLISH packets
+            self.deliver = deliver
+            self._rx = b""  # the start of a packet not yet complete
+            #: corked writes, in call order; a copy, so the packets' objects are freed now
+            #: (orjson's output holds ~4 KB whatever its length: a batch of them is MBs)
+            self.out = bytearray()
+            self._reading = False  # in data_received: it flushes when done
+            self._flush_due = False  # a call_soon flush is scheduled
+            self._wloop: asyncio.AbstractEventLoop | None = None
+            self.v5 = True
+            self._failed_once = False
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            # gmqtt's MQTTProtocol starts a reader task here; data_received replaces it
+            BaseMQTTProtocol.connection_made(self, transport)
+            self._wloop = asyncio.get_running_loop()
+            self.v5 = self._connection_state.protocol_version >= MQTTv50
+
+        def eof_received(self) -> bool:
+            return False  # close on the broker's FIN (gmqtt's reader task did that)
+
+        # -- writing ----------------------------------------------------------------
+        def cork(self, data: bytes) -> None:
+            out = self.out
+            out += data
+            if len(out) >= _CORK_BYTES:
+                self.flush()
+            elif not self._flush_due and not self._reading and self._wloop is not None:
+                self._flush_due = True
+                self._wloop.call_soon(self.flush)
+
+        def cork3(self, head: bytes, topic: bytes, payload: bytes) -> None:
+            out = self.out
+            out += head
+            out += topic
+            out += payload
+            if len(out) >= _CORK_BYTES:
+                self.flush()
+            elif not self._flush_due and not self._reading and self._wloop is not None:
+                self._flush_due = True
+                self._wloop.call_soon(self.flush)
+
+        def flush(self) -> None:
+            self._flush_due = False
+            data = self.out
+            if not data:
+                return
+            self.out = bytearray()  # the transport may keep ``data``: never reused
+            transport = self._transport
+            if transport is not None and not transport.is_closing():
+                if self._connection is not None:
+                    self._connection._last_data_out = monotonic()
+                transport.write(data)
+
+        def write_data(self, data: bytes) -> None:
+            """gmqtt's own packets: after everything corked before them."""
+            if self.out:
+                self.flush()
+            super().write_data(data)
+
+        # -- reading ----------------------------------------------------------------
+        def data_received(self, data: bytes) -> None:
+            conn = self._connection
+            if conn is None or conn._handler.current_connection is not conn:
+                return  # superseded (gmqtt drops those too); the broker speaks after CONNECT
+            conn._last_data_in = monotonic()
+            buf = self._rx + data if self._rx else data
+            self._reading = True
+            try:
+                used = self._frames(buf, conn)
+            finally:
+                self._reading = False
+                if self.out:
+                    self.flush()
+            if used < 0:
+                self._rx = b""
+                if self._transport is not None:
+                    self._transport.abort()  # malformed framing: nothing after it can be read
+                return
+            self._rx = buf[used:] if used < len(buf) else b""
+
+        def _frames(self, buf: bytes, conn: Any) -> int:
+            """Handle each complete packet in ``buf``; returns the bytes used (-1: malformed)."""
+            pos, end = 0, len(buf)
+            while end - pos >= 2:
+                first = buf[pos]
+                i = pos + 1
+                size = buf[i]
+                i += 1
+                if size & 0x80:
+                    size &= 0x7F
+                    shift = 7
+                    while True:
+                        if i >= end:
+                            return pos
+                        byte = buf[i]
+                        i += 1
+                        size |= (byte & 0x7F) << shift
+                        if not byte & 0x80:
+                            break
+                        shift += 7
+                        if shift > 21:
+                            return -1
+                stop = i + size
+                if stop > end:
+                    return pos
+                if first & 0xF0 != 0x30 or not self._publish(first, buf, i, stop):
+                    conn.put_package(Package(first, buf[i:stop]))
+                pos = stop
+            return pos
+
+        def _publish(self, first: int, buf: bytes, i: int, stop: int) -> bool:
+            """Decode and deliver one PUBLISH (``buf[i:stop]`` is its body); False leaves it
+            to gmqtt: a topic alias, properties other than subscription identifiers,
+            anything malformed. Never reads past ``stop``."""
+            deliver = self.deliver
+            if deliver is None or stop - i < 3:
+                return False
+            p = tend = i + 2 + (buf[i] << 8 | buf[i + 1])
+            if tend == i + 2 or tend > stop:  # empty topic (a topic alias), or overrun
+                return False
+            qos = first >> 1 & 3
+            mid = None
+            if qos:
+                if qos == 3 or p + 2 > stop:
+                    return False
+                mid = buf[p] << 8 | buf[p + 1]
+                p += 2
+            sub_ids: list[int] | None = None
+            if self.v5:
+                if p >= stop:
+                    return False
+                plen = buf[p]
+                p += 1
+                if plen:
+                    if plen & 0x80 or p + plen > stop:
+                        return False
+                    q, p = p, p + plen
+                    sub_ids = []
+                    while q < p:  # subscription identifiers only (0x0B, a variable int)
+                        if buf[q] != 0x0B:
+                            return False
+                        q += 1
+                        value = shift = 0
+                        while True:
+                            if q >= p or shift > 21:
+                                return False
+                            byte = buf[q]
+                            q += 1
+                            value |= (byte & 0x7F) << shift
+                            if byte < 0x80:
+                                break
+                            shift += 7
+                        sub_ids.append(value)
+            try:
+                topic = buf[i + 2 : tend].decode()
+            except UnicodeDecodeError:
+                return False
+            try:
+                deliver(
+                    Incoming(topic, buf[p:stop], qos, bool(first & 1), bool(first & 8)),
+                    mid,
+                    sub_ids,
+                )
+            except Exception:  # handlers' errors are counted before this: a driver bug
+                if not self._failed_once:
+                    self._failed_once = True
+                    log.exception("handling an incoming message failed (logged once)")
+            return True
 
     class Client(gmqtt.Client):  # type: ignore[misc]
+        #: set by the session before connecting: where fast-path messages go
+        deliver: Callable[..., None] | None = None
+        #: set by the session: told (transport, protocol) before CONNECT goes out
+        on_wired: Callable[[Any, Any], None] | None = None
+
         async def reconnect(self, delay: bool = False) -> None:
             """The driver owns reconnection (jittered backoff, a fresh client per attempt)."""
             return None
 
+        async def _create_connection(
+            self, host: str, port: int, ssl: Any, clean_session: bool, keepalive: int
+        ) -> Any:
+            """gmqtt's, with ``Protocol`` in place of its own."""
+            self._exit_reconnecting_state()
+            handler = self._package_handler
+            handler.clear_topics_aliases()
+            self._connack_received.clear()
+            self._connection_lost.clear()
+            factory = functools.partial(
+                Protocol,
+                connection_state=self._connection_state,
+                id_generator=handler.id_generator,
+                deliver=self.deliver,
+            )
+            loop = asyncio.get_running_loop()
+            transport, protocol = await loop.create_connection(factory, host, port, ssl=ssl)
+            if self.on_wired is not None:
+                self.on_wired(transport, protocol)
+            return MQTTConnection(
+                transport,
+                protocol,
+                clean_session,
+                keepalive,
+                package_handler=handler,
+                logger=self._logger,
+            )
+
     class Storage(PersistentStorage):  # type: ignore[misc]
-        """gmqtt's in-flight store, used as the hook that reports mids and acks."""
+        """gmqtt's in-flight store, used as the hook that reports acks."""
 
         def __init__(self, on_ack: Callable[[int], None]) -> None:
             super().__init__()
             self.on_ack = on_ack
-            self.last_mid: int | None = None
-
-        def push_message(self, mid: int, raw_package: bytes) -> None:
-            self.last_mid = mid
-            super().push_message(mid, raw_package)
 
         def remove_message_by_mid(self, mid: int) -> None:  # PUBACK, PUBCOMP, refused PUBREC
             super().remove_message_by_mid(mid)
@@ -386,7 +647,6 @@ class _GmqttSession:
         self._owner = owner
         self.label = label
         self._settings = settings
-        self._message_cls = message_cls
         self._sub_cls = sub_cls
         self._ssl = ssl_ctx
         self.lost = asyncio.Event()
@@ -424,9 +684,23 @@ class _GmqttSession:
         handler._handle_qos_1_publish_packet = functools.partial(self._on_acked_publish, 1)
         handler._handle_qos_2_publish_packet = functools.partial(self._on_acked_publish, 2)
         self._handler = handler
+        client.deliver = functools.partial(owner._on_message, self)
+        client.on_wired = self._on_wired
+        self._v5 = settings.protocol == "5"
+        self._ids = handler.id_generator
+        #: topic -> (length-prefixed topic, the same + QoS 0's property block)
+        self._topics: dict[str, tuple[bytes, bytes]] = {}
         self._transport: Any = None  # asyncio or uvloop TCP transport, once connected
+        self._proto: Any = None  # the Protocol of _gmqtt(), once connected
 
     # -- gmqtt callbacks --------------------------------------------------------------
+    def _on_wired(self, transport: Any, protocol: Any) -> None:
+        """The socket is open and CONNECT not yet sent: messages (and their acks) can
+        come in the same read as CONNACK, before ``connect()`` returns."""
+        self._transport = transport
+        self._proto = protocol
+        self._v5 = protocol.v5  # gmqtt may have fallen back to 3.1.1
+
     def _on_qos0(self, client: Any, topic: str, payload: bytes, qos: int, props: Any) -> int:
         self._owner._on_message(
             self,
@@ -503,8 +777,6 @@ class _GmqttSession:
                         await fut
         if self.lost.is_set():
             raise _SessionLost("connection closed right after CONNACK")
-        conn = getattr(self._client, "_connection", None)
-        self._transport = getattr(conn, "_transport", None)
         sock = self._transport.get_extra_info("socket") if self._transport else None
         if sock is not None:
             # asyncio and uvloop already set it on TCP transports; make it explicit.
@@ -516,10 +788,36 @@ class _GmqttSession:
         return bool(sock is not None and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> int | None:
-        """Write a PUBLISH; returns its packet id for QoS>=1 (acked through ``_on_ack``)."""
-        self._storage.last_mid = None
-        self._client.publish(topic, payload, qos=qos, retain=retain)
-        return self._storage.last_mid if qos else None
+        """Write a PUBLISH (corked); returns its packet id for QoS>=1 (acked through
+        ``_on_ack``: gmqtt's id allocator and in-flight store see it as their own)."""
+        enc = self._topics.get(topic)
+        if enc is None:
+            raw = topic.encode("utf-8", "replace")
+            prefixed = len(raw).to_bytes(2, "big") + raw
+            enc = (prefixed, prefixed + b"\0" if self._v5 else prefixed)
+            if len(self._topics) >= _ROUTE_CACHE_MAX:
+                self._topics.clear()
+            self._topics[topic] = enc
+        if not qos:
+            size = len(enc[1]) + len(payload)
+            head = _fixed_header(0x30 | retain, size)
+            self._proto.cork3(head, enc[1], payload)
+            return None
+        mid: int = self._ids.next_id()
+        props = b"\0" if self._v5 else b""
+        size = len(enc[0]) + 2 + len(props) + len(payload)
+        packet = b"".join(
+            (
+                _fixed_header(0x30 | qos << 1 | retain, size),
+                enc[0],
+                mid.to_bytes(2, "big"),
+                props,
+                payload,
+            )
+        )
+        self._storage.push_message(mid, packet)
+        self._proto.cork(packet)
+        return mid
 
     def subscribe(self, topic_filter: str, qos: int, sub_id: int) -> int:
         sub = self._sub_cls(topic_filter, qos=qos)
@@ -533,15 +831,16 @@ class _GmqttSession:
         self._client.unsubscribe(filters)
 
     def send_ack(self, qos: int, mid: int) -> None:
-        if not self.lost.is_set():
-            if qos == 1:
-                self._handler._send_puback(mid)
-            else:
-                self._handler._send_pubrec(mid)
+        """PUBACK (QoS 1) or PUBREC (QoS 2), corked; success needs no reason code."""
+        if not self.lost.is_set() and self._proto is not None:
+            self._proto.cork(bytes((0x40 if qos == 1 else 0x50, 2, mid >> 8, mid & 0xFF)))
 
     def write_buffer_size(self) -> int:
+        """Bytes not yet sent: the transport's buffer and what is corked."""
         t = self._transport
-        return int(t.get_write_buffer_size()) if t is not None else 0
+        if t is None:
+            return 0
+        return int(t.get_write_buffer_size()) + len(self._proto.out)
 
     def abort(self, reason: str) -> None:
         """Drop the socket now (no DISCONNECT: the broker publishes the will)."""
@@ -559,6 +858,8 @@ class _GmqttSession:
         conn = getattr(self._client, "_connection", None)
         if conn is None:
             return
+        if self._proto is not None:
+            self._proto.flush()  # what is corked goes before DISCONNECT or the close
         try:
             if graceful and not conn.is_closing():
                 await asyncio.wait_for(self._client.disconnect(), timeout)
@@ -853,7 +1154,8 @@ class MqttConnection:
                     pending = []
                 pending.append(result)
         if pending is None:
-            self._ack(session, entry)
+            if entry is not None:
+                self._ack(session, entry)
             return
         if entry is not None:
             session.pending_acks.append(entry)
@@ -961,7 +1263,7 @@ class MqttConnection:
             and self._unacked < self._window
             and not len(self._spool)
         ):
-            self._send(session, _Out(topic, payload, qos, retain))
+            self._send(session, _Out(topic, _own(payload), qos, retain))
             return
         self._spool_append(topic, payload, qos, retain)
         if session is not None:
@@ -1050,7 +1352,7 @@ class MqttConnection:
             oldest = spool.peek(1)
             if oldest:
                 spool.remove_upto(oldest[0][0])
-        spool.append(topic, payload, qos, retain)
+        spool.append(topic, _own(payload), qos, retain)
         self._counters["spooled"] += 1
 
     def _requeue_unacked(self) -> None:

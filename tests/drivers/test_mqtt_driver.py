@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import struct
 import sys
 import textwrap
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
 import pytest
 
 from mechaway.drivers.mqtt import (
@@ -18,6 +21,7 @@ from mechaway.drivers.mqtt import (
     MemorySpool,
     MqttConnection,
     MqttSettings,
+    _fixed_header,
     parse_settings,
     topic_matches,
 )
@@ -185,9 +189,11 @@ async def test_qos1_is_acked_only_after_the_async_handler(broker: MosquittoBroke
     connection died is delivered again (persistent session), the finished one is not."""
     gate = asyncio.Event()
     calls: list[bytes] = []
+    dups: list[bool] = []
 
     async def slow(msg: Incoming) -> None:
         calls.append(msg.payload)
+        dups.append(msg.dup)
         if msg.payload == b"held":
             await gate.wait()
 
@@ -212,6 +218,7 @@ async def test_qos1_is_acked_only_after_the_async_handler(broker: MosquittoBroke
         await asyncio.sleep(0.2)
         assert calls.count(b"done") == 1
         assert sub.status()["reconnects"] == 1
+        assert dups[:3] == [False, False, True]  # the redelivery carries the DUP flag
 
 
 @pytest.mark.asyncio
@@ -436,3 +443,238 @@ def test_runs_under_uvloop(broker: MosquittoBroker) -> None:
         return got.payloads
 
     assert uvloop.run(scenario()) == [b"%d" % i for i in range(20)]
+
+
+# -- the wire path: corked writes, the incoming fast path ------------------------------------
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, byte = divmod(n, 128)
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def publish_packet(
+    topic: str,
+    payload: bytes,
+    *,
+    qos: int = 0,
+    mid: int = 0,
+    retain: bool = False,
+    dup: bool = False,
+    props: bytes | None = None,
+) -> bytes:
+    """A PUBLISH as the broker sends it; ``props`` (MQTT 5) without its length."""
+    body = struct.pack("!H", len(topic.encode())) + topic.encode()
+    if qos:
+        body += struct.pack("!H", mid)
+    if props is not None:
+        body += varint(len(props)) + props
+    first = 0x30 | dup << 3 | qos << 1 | retain
+    return bytes([first]) + varint(len(body) + len(payload)) + body + payload
+
+
+def frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(first byte, body) of each packet in ``data``."""
+    out, i = [], 0
+    while i < len(data):
+        first, j, size, shift = data[i], i + 1, 0, 0
+        while True:
+            size |= (data[j] & 0x7F) << shift
+            j += 1
+            if data[j - 1] < 0x80:
+                break
+            shift += 7
+        out.append((first, data[j : j + size]))
+        i = j + size
+    return out
+
+
+class Tap:
+    """Stands in for a session's transport on its write side: records each write and
+    forwards it (or swallows it, for packets the broker must not see)."""
+
+    def __init__(self, transport: Any, forward: bool = True) -> None:
+        self._t = transport
+        self.forward = forward
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        if self.forward:
+            self._t.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._t, name)
+
+
+def tap(conn: MqttConnection, forward: bool = True) -> Tap:
+    proto = conn._session._proto  # type: ignore[union-attr]
+    t = Tap(proto._transport, forward)
+    proto._transport = t
+    return t
+
+
+def test_fixed_header_lengths() -> None:
+    for n in (0, 1, 127, 128, 16383, 16384, 2_097_151, 2_097_152, 268_435_455):
+        assert _fixed_header(0x30, n) == b"\x30" + varint(n)
+    with pytest.raises(ValueError, match="256 MB"):
+        _fixed_header(0x30, 268_435_456)
+    with pytest.raises(ValueError, match="65535 bytes"):
+        MqttConnection("x", MqttSettings(), device_id="d").publish("t" * 65536, b"")
+
+
+@pytest.mark.asyncio
+async def test_corked_writes_one_write_per_pass_in_call_order(broker: MosquittoBroker) -> None:
+    """Publishes made in one loop pass go out in one write, QoS 0 and 1 in call order;
+    gmqtt's own packets (here a SUBSCRIBE) go after what was corked before them."""
+    async with (
+        MqttConnection("pub", fast(broker, birth=False), device_id="cp") as pub,
+        MqttConnection("sub", fast(broker), device_id="cs") as sub,
+    ):
+        await pub.wait_connected(5)
+        await sub.wait_connected(5)
+        got = Collect()
+        sub.subscribe("ord/#", 0, got)
+        await sub.wait_subscribed()
+        wire = tap(pub)
+        sent = []
+        for i in range(24):  # 12 QoS 1: inside the in-flight window, none spooled
+            topic = f"ord/{i % 3}"
+            pub.publish(topic, b"%d" % i, qos=i % 2, retain=i == 5)
+            sent.append((topic, b"%d" % i))
+        assert wire.writes == [] and pub._session.write_buffer_size() > 0  # type: ignore[union-attr]
+        await asyncio.sleep(0)  # the flush is the next callback of the loop
+        assert len(wire.writes) == 1
+        packets = frames(wire.writes[0])
+        assert [(first & 0xF0, first >> 1 & 3, first & 1) for first, _ in packets] == [
+            (0x30, i % 2, int(i == 5)) for i in range(24)
+        ]
+        pub.publish("ord/x", b"before-subscribe", qos=0)
+        pub.subscribe("whatever/+", 0, Collect())  # SUBSCRIBE: written by gmqtt, not corked
+        assert [w[0] for w in wire.writes[1:]] == [0x30, 0x82]
+        await until(lambda: len(got.got) == 25, what="all 25 at the subscriber")
+        assert [(m.topic, m.payload) for m in got.got] == [*sent, ("ord/x", b"before-subscribe")]
+        await until(lambda: pub.status()["inflight"] == 0, what="the 12 QoS 1 acked")
+        assert pub.status()["counters"]["acked"] == 12
+
+
+@pytest.mark.asyncio
+async def test_corked_writes_are_flushed_on_close(broker: MosquittoBroker) -> None:
+    async with MqttConnection("sub", fast(broker), device_id="fs") as sub:
+        await sub.wait_connected(5)
+        got = Collect()
+        sub.subscribe("flush/+", 1, got)
+        await sub.wait_subscribed()
+        for graceful in (True, False):
+            conn = MqttConnection("pub", fast(broker, birth=False), device_id=f"fp{graceful}")
+            await conn.start()
+            await conn.wait_connected(5)
+            for i in range(50):
+                conn.publish(f"flush/{graceful}", b"%d" % i, qos=0)
+            if graceful:
+                await conn.close()  # DISCONNECT goes after the 50
+            else:
+                session = conn._session
+                assert session is not None
+                await session.close(graceful=False, timeout=1.0)  # no DISCONNECT
+                await conn.close()
+        await until(lambda: len(got.got) == 100, what="both batches of 50")
+        for graceful in (True, False):
+            mine = [m.payload for m in got.got if m.topic == f"flush/{graceful}"]
+            assert mine == [b"%d" % i for i in range(50)]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_incoming_fast_path_split_reads_and_fallbacks(
+    broker: MosquittoBroker, protocol: str
+) -> None:
+    """Packets split across reads at every size, 1- to 3-byte lengths, QoS 1 acks (corked,
+    in order), retain/DUP flags; MQTT 5 packets the fast path leaves to gmqtt (other
+    properties, topic aliases) arrive all the same; broken framing drops the connection."""
+    v5 = protocol == "5"
+    async with MqttConnection("fp", fast(broker, protocol=protocol), device_id="fp") as conn:
+        await conn.wait_connected(5)
+        got = Collect()
+        conn.subscribe("in/#", 1, got)
+        await conn.wait_subscribed()
+        sid = conn._filter_ids["in/#"]
+        wire = tap(conn, forward=False)  # acks for ids the broker never sent stay here
+        proto = conn._session._proto  # type: ignore[union-attr]
+        sub_id = bytes([0x0B, sid])
+        props = sub_id if v5 else None
+        big = bytes(range(256)) * 80  # 20480 bytes: a 3-byte remaining length
+        stream = [
+            publish_packet("in/a", b"small", props=props),
+            publish_packet("in/b", big, qos=1, mid=777, props=props),
+            publish_packet("in/c", b"kept", retain=True, props=props),
+            publish_packet("in/d", b"again", qos=1, mid=778, dup=True, props=props),
+        ]
+        want = [
+            ("in/a", b"small", 0, False, False),
+            ("in/b", big, 1, False, False),
+            ("in/c", b"kept", 0, True, False),
+            ("in/d", b"again", 1, False, True),
+        ]
+        if v5:  # gmqtt's path: other properties (routed by topic without an identifier),
+            # a topic alias set and used
+            user = bytes([0x26]) + struct.pack("!H", 1) + b"k" + struct.pack("!H", 1) + b"v"
+            ctype = bytes([0x03]) + struct.pack("!H", 4) + b"text"
+            alias = bytes([0x23, 0, 5])
+            stream += [
+                publish_packet("in/e", b"props", props=user),
+                publish_packet("in/e", b"format", props=b"\x01\x00"),  # payload format
+                publish_packet("in/e", b"ctype", props=ctype + sub_id),
+                publish_packet("in/f", b"alias-set", props=alias + sub_id),
+                publish_packet("", b"alias-use", props=alias + sub_id),
+            ]
+            want += [
+                ("in/e", b"props", 0, False, False),
+                ("in/e", b"format", 0, False, False),
+                ("in/e", b"ctype", 0, False, False),
+                ("in/f", b"alias-set", 0, False, False),
+                ("in/f", b"alias-use", 0, False, False),
+            ]
+        data = b"".join(stream)
+        for chunk in (len(data), 1, 7, 1000):
+            got.got.clear()
+            wire.writes.clear()
+            for i in range(0, len(data), chunk):
+                proto.data_received(data[i : i + chunk])
+            assert [(m.topic, m.payload, m.qos, m.retain, m.dup) for m in got.got] == want
+            assert b"".join(wire.writes) == b"\x40\x02\x03\x09" + b"\x40\x02\x03\x0a"
+        assert conn.status()["counters"]["unrouted"] == 0
+        proto.data_received(b"\x30\xff\xff\xff\xff\x01")  # a 5-byte remaining length
+        await until(lambda: conn.status()["reconnects"] >= 1, what="a new connection")
+        await conn.wait_connected(5)
+
+
+@pytest.mark.asyncio
+async def test_kept_payloads_do_not_pin_oversized_buffers() -> None:
+    """orjson's output holds ~4 KB whatever its length: the spool keeps compact copies."""
+    conn = MqttConnection("x", MqttSettings(port=1), device_id="d")  # never started
+    conn.publish("t", b"warm", qos=1)  # first-call allocations out of the measure
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(2000):
+            conn.publish("t", orjson.dumps({"seq": i, "state": "on"}), qos=1)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert conn.status()["spool"] == 2001
+    assert grown < 1_000_000, f"{grown} bytes for 2000 spooled messages"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_broker_gone_is_noticed_at_once(broker: MosquittoBroker, protocol: str) -> None:
+    """An idle connection sees the broker's socket close (MQTT 3.1.1 gets no DISCONNECT
+    from the broker first): lost now, not a keepalive later."""
+    async with MqttConnection("idle", fast(broker, protocol=protocol), device_id="i") as conn:
+        await conn.wait_connected(5)
+        await asyncio.sleep(0.1)
+        await broker.astop(kill=True)
+        await until(lambda: not conn.status()["connected"], timeout=3, what="the loss")
