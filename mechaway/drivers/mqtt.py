@@ -18,6 +18,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import os
 import random
 import socket
 import ssl
@@ -1505,6 +1506,10 @@ class MqttConnection:
         s = self.settings
         if not s.tls:
             return None
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(s, key)
+            if path is not None and not os.path.isfile(path):
+                raise ConfigError(f"mqtt.{self.name}.{key}: {path} is not a readable file")
         try:
             ctx = ssl.create_default_context(cafile=s.ca_file)
             if s.cert_file:
