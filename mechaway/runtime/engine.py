@@ -134,6 +134,8 @@ class SinkRunner:
         self.task: asyncio.Task[None] | None = None
         self.idle = asyncio.Event()
         self.idle.set()
+        #: the message whose write is in progress (off the queue, not yet done)
+        self.writing: Message | None = None
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(
@@ -166,17 +168,19 @@ class SinkRunner:
             await self.wakeup.wait()
             self.wakeup.clear()
             while q:
-                msg = q[0]
+                # taken off the queue before the write: a drop_oldest overflow during the
+                # await must evict a waiting message, not the one being written
+                msg = self.writing = q.popleft()
                 try:
                     r = await write(msg)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    q.popleft()
+                    self.writing = None
                     if self.router is not None:
                         self.router.fail(msg, exc)
                 else:
-                    q.popleft()
+                    self.writing = None
                     if r is not None and self.router is not None:
                         if type(r) is dict:
                             self.router.emit(r)
@@ -196,7 +200,7 @@ class SinkRunner:
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
-        left = len(self.queue)
+        left = len(self.queue) + (self.writing is not None)
         if left:
             self.stats.dropped += left
             log.warning(
@@ -436,7 +440,8 @@ class Engine:
             for nid, node in rf.instances.items():
                 entry: dict[str, Any] = {"type": node.type_name, **rf.stats[nid].as_dict()}
                 if nid in rf.sinks:
-                    entry["queue"] = len(rf.sinks[nid].queue)
+                    runner = rf.sinks[nid]  # accepted, not yet written (the one in progress too)
+                    entry["queue"] = len(runner.queue) + (runner.writing is not None)
                     entry["queue_size"] = rf.sinks[nid].bound
                 extra = node.status()
                 if extra:

@@ -16,7 +16,19 @@ from mechaway.nodes.registry import register_node
 from mechaway.runtime.engine import Engine
 from mechaway.testing.nodes import COLLECTED
 
-from .util import IDLE_SOURCE, deploy, doc, edge, got, node, payloads, settle, stats, wait_until
+from .util import (
+    IDLE_SOURCE,
+    deploy,
+    doc,
+    edge,
+    got,
+    node,
+    payloads,
+    settle,
+    single,
+    stats,
+    wait_until,
+)
 
 #: (event, node id, tag) from RecordNode
 EVENTS: list[tuple[str, str, int]] = []
@@ -574,3 +586,21 @@ async def test_status_shows_every_flow_and_node(engine: Engine) -> None:
     assert st["a"]["nodes"]["sink"]["queue_size"] == 1000
     assert st["a"]["nodes"]["src"]["sent"] == 0
     COLLECTED.clear()
+
+
+@pytest.mark.asyncio
+async def test_drop_oldest_never_evicts_the_message_being_written() -> None:
+    """Overflow while a write is in progress drops the oldest *waiting* message: the one
+    being written is delivered, and every message is either written or counted."""
+    engine = Engine()
+    raw = single("ov", "PassNode", {})
+    raw["nodes"][2]["params"] = {"queue_size": 2, "overflow": "drop_oldest", "delay": 0.05}
+    await deploy(engine, raw)
+    engine.inject("ov", "n", {"payload": 1})
+    await asyncio.sleep(0.01)  # the writer has taken message 1 and is writing it
+    for i in (2, 3, 4, 5):
+        engine.inject("ov", "n", {"payload": i})
+    await settle(engine, "ov")
+    assert payloads("ov", "sink_out") == [1, 4, 5]
+    assert stats(engine, "ov", "sink_out")["dropped"] == 2
+    await engine.stop()
