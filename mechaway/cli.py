@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -185,7 +186,8 @@ def cmd_flows(args: argparse.Namespace) -> int:
     elif action == "history":
         for r in api.call("GET", f"/flows/{args.id}/revisions"):
             mark = "*" if r["active"] else " "
-            print(f"{mark} rev {r['rev']:<4} {r['source']:<8} {r['created_at']}")
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"]))
+            print(f"{mark} rev {r['rev']:<4} {r['source']:<8} {when}")
     elif action == "rollback":
         result = api.call("POST", f"/flows/{args.id}/rollback", {"rev": args.rev})
         print(f"{args.id}: rolled back to rev {args.rev} (now rev {result['rev']})")
