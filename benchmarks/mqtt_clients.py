@@ -34,6 +34,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -97,6 +98,28 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return buf
 
 
+def frames(buf: bytes) -> Iterator[tuple[int, int, int]]:
+    """(first byte, body start, body end) of each complete frame; the last yield is
+    (-1, consumed, 0)."""
+    i, end = 0, len(buf)
+    while end - i >= 2:
+        j, length, mult = i + 1, 0, 1
+        while j < end:
+            byte = buf[j]
+            length += (byte & 0x7F) * mult
+            mult <<= 7
+            j += 1
+            if not byte & 0x80:
+                break
+        else:
+            break
+        if j + length > end:
+            break
+        yield buf[i], j, j + length
+        i = j + length
+    yield -1, i, 0
+
+
 def role_publisher(port: int, n: int) -> None:
     """Flood IN_TOPIC with n QoS 0 telemetry messages as fast as the socket takes them."""
     now = time.time()
@@ -144,32 +167,17 @@ def role_counter(port: int, topic: str, n: int, idle: float, limit: float) -> No
         if not t_first:
             t_first = t_last
         buf = buf + chunk if buf else chunk
-        i, end = 0, len(buf)
-        while True:
-            if end - i < 2:
-                break
-            j, length, mult = i + 1, 0, 1
-            while j < end:
-                byte = buf[j]
-                length += (byte & 0x7F) * mult
-                mult <<= 7
-                j += 1
-                if not byte & 0x80:
-                    break
-            else:
-                break
-            if j + length > end:
-                break
-            if buf[i] & 0xF0 == 0x30:
+        for first, start, end in frames(buf):
+            if first == -1:
+                buf = buf[start:]
+            elif first & 0xF0 == 0x30:
                 count += 1
                 if count % 97 == 0:  # spot-check the engine's output
-                    (tlen,) = struct.unpack_from("!H", buf, j)
-                    msg = orjson.loads(buf[j + 2 + tlen : j + length])
+                    (tlen,) = struct.unpack_from("!H", buf, start)
+                    msg = orjson.loads(buf[start + 2 + tlen : end])
                     if "state" in msg:
                         on += msg["state"] == "on"
                         off += msg["state"] == "off"
-            i = j + length
-        buf = buf[i:]
     sock.close()
     print(
         json.dumps(

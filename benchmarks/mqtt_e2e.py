@@ -191,28 +191,6 @@ def _subscribe(sock: socket.socket, topic: str) -> None:
         raise RuntimeError(f"bad SUBACK {suback!r}")
 
 
-def _frames(buf: bytes) -> Iterator[tuple[int, int, int]]:
-    """(first byte, body start, body end) of each complete frame; the last yield is
-    (-1, consumed, 0)."""
-    i, end = 0, len(buf)
-    while end - i >= 2:
-        j, length, mult = i + 1, 0, 1
-        while j < end:
-            byte = buf[j]
-            length += (byte & 0x7F) * mult
-            mult <<= 7
-            j += 1
-            if not byte & 0x80:
-                break
-        else:
-            break
-        if j + length > end:
-            break
-        yield buf[i], j, j + length
-        i = j + length
-    yield -1, i, 0
-
-
 def _payloads(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
     """(monotonic ns at recv, payload) of each PUBLISH read from ``sock`` (QoS 0)."""
     buf = b""
@@ -222,7 +200,7 @@ def _payloads(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
             return
         now = time.monotonic_ns()
         buf = buf + chunk if buf else chunk
-        for first, start, end in _frames(buf):
+        for first, start, end in mc.frames(buf):
             if first == -1:
                 buf = buf[start:]
             elif first & 0xF0 == 0x30:
