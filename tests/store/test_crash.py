@@ -39,12 +39,13 @@ class Daemon(DaemonProc):
         super().__init__(base, env=daemon_env())
         (self.flows / f"{flow['id']}.json").write_text(json.dumps(flow))
 
-    def start(self, poll_interval: float = 1.0, *, wait: bool = False, feed: bool = True) -> None:
-        """The CLI via ``crash_feed.py`` (registers AckFeedNode first) or ``-m mechaway``."""
+    def start(self, poll_interval: float = 1.0, *, feed: bool = True) -> None:
+        """The CLI via ``crash_feed.py`` (registers AckFeedNode first; the producer waits for
+        its port) or ``-m mechaway`` (then wait until the API answers: the schema exists)."""
         self.entry = (
             [str(Path(__file__).with_name("crash_feed.py"))] if feed else ["-m", "mechaway"]
         )
-        super().start(poll_interval, wait=wait)
+        super().start(poll_interval, wait=not feed)
 
     def term(self) -> int:
         return self.terminate()
