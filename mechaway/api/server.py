@@ -189,13 +189,20 @@ def _when(query: Any, key: str) -> float | None:
     return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
+def _number(q: Any, key: str, kind: type[int] | type[float]) -> Any:
+    try:
+        return kind(q[key])
+    except ValueError:
+        raise ValueError(f"{key}: expected a number, got {q[key]!r:.40}") from None
+
+
 async def series(request: web.Request) -> web.Response:
     """Local history of a series: ``?from=&to=&agg=mean|min|max|count&bucket=SECONDS&limit=``."""
     name = request.match_info["name"]
     q = request.query
     try:
-        bucket = float(q["bucket"]) if q.get("bucket") else None
-        limit = int(q.get("limit", "10000"))
+        bucket = _number(q, "bucket", float) if q.get("bucket") else None
+        limit = _number(q, "limit", int) if q.get("limit") else 10_000
         result = await request.app[SERIES].query(
             name,
             start=_when(q, "from"),

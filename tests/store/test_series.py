@@ -101,6 +101,10 @@ async def test_http_endpoint(db: Database) -> None:
         assert resp.status == 400 and "agg" in (await resp.json())["error"]
         resp = await client.get("/api/v1/series/gh/1/temp", params={"from": "yesterday"})
         assert resp.status == 400
+        for key in ("limit", "bucket"):
+            resp = await client.get("/api/v1/series/gh/1/temp", params={key: "many"})
+            assert resp.status == 400
+            assert (await resp.json())["error"] == f"{key}: expected a number, got 'many'"
         resp = await client.get("/api/v1/series/none")
         assert resp.status == 404
 
