@@ -58,10 +58,22 @@ class FlowManager:
     async def deploy(self, raw: Any, source: Source, *, origin: str = "") -> DeployResult:
         """Validate and run ``raw``; on any failure the running revision is untouched."""
         valid = validate(raw, source=origin)
+        fid = valid.doc.id
         async with self._lock:
+            before = self.engine.flows.get(fid)
+            previous = (before.valid, before.rev) if before is not None else None
             d = await self.engine.deploy(valid)
-            rev, new = await self.store.save(valid.doc.to_builtins(), source)
-            rf = self.engine.flows.get(valid.doc.id)
+            try:
+                rev, new = await self.store.save(valid.doc.to_builtins(), source)
+            except Exception:
+                # not recorded = not deployed: put back what ran (or nothing) and report
+                log.error("flow %s: recording the revision failed; the previous one runs", fid)
+                if previous is not None:
+                    await self.engine.deploy(*previous)
+                else:
+                    await self.engine.remove(fid)
+                raise
+            rf = self.engine.flows.get(fid)
             if rf is not None:
                 rf.rev = rev
         log.info(

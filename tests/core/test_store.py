@@ -278,3 +278,27 @@ async def test_damaged_pages_are_refused_with_a_recovery_hint(tmp_path: Path) ->
     with pytest.raises(StoreError) as exc:
         Database(path).open()
     _assert_recovery_hint(exc.value, path)
+
+
+async def test_a_revision_that_cannot_be_recorded_does_not_stay_running(
+    manager: FlowManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deploy = run + record. If recording fails, the previous revision runs again."""
+    first = flow()
+    await manager.deploy(first, "api")
+    running_before = manager.engine.flows["f"].valid.doc.to_builtins()
+
+    async def broken_save(doc: Any, source: Any) -> tuple[int, bool]:
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(manager.store, "save", broken_save)
+    second = flow(keep=3)
+    with pytest.raises(StoreError, match="disk full"):
+        await manager.deploy(second, "api")
+    assert manager.engine.flows["f"].valid.doc.to_builtins() == running_before
+    assert manager.engine.flows["f"].rev == 1
+
+    third = flow("g")
+    with pytest.raises(StoreError):
+        await manager.deploy(third, "api")
+    assert "g" not in manager.engine.flows  # a new flow that cannot be recorded never runs
