@@ -17,7 +17,8 @@ Getter = Callable[[Any], Any]
 
 # -- JSONPath --------------------------------------------------------------------------------
 def compile_jsonpath(expr: str) -> Getter:
-    """Compile a JSONPath (via jsonpath-ng). Plain ``$.a.b[0]`` paths become direct lookups.
+    """Compile a JSONPath (via jsonpath-ng). Plain ``$.a.b[0]`` paths become direct lookups
+    (a value, or ``None`` when absent); any other expression yields the list of matches.
 
     Raises ``ValueError`` with the parser's message on a bad expression.
     """
@@ -46,10 +47,9 @@ def compile_jsonpath(expr: str) -> Getter:
         return lambda obj: get_path(obj, keys)
 
     def find(obj: Any) -> Any:
-        found = [m.value for m in tree.find(obj)]
-        if not found:
-            return None
-        return found[0] if len(found) == 1 else found
+        # a wildcard, filter, slice or descent yields a list, however many matched, so the
+        # output's shape does not depend on the data
+        return [m.value for m in tree.find(obj)]
 
     return find
 

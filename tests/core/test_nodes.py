@@ -195,6 +195,13 @@ async def test_jsontransform_dict_map_and_message_root(engine: Engine) -> None:
     assert payloads("f", "sink_out") == [{"t": "room/2", "v": 4, "all": [4, 5]}]
 
 
+async def test_jsontransform_multi_match_expressions_always_yield_lists(engine: Engine) -> None:
+    spec = "{one=$.readings[?(@.v == 2)].v, none=$.readings[?(@.v > 99)].v, first=$.readings[0].v}"
+    await deploy(engine, single("f", "JSONTransformNode", {"map": spec}))
+    await feed(engine, "f", [READING])
+    assert payloads("f", "sink_out") == [{"one": [2], "none": [], "first": 1}]
+
+
 async def test_jsontransform_non_object_payload_yields_nulls(engine: Engine) -> None:
     await deploy(engine, single("f", "JSONTransformNode", {"map": "{id=$.id}"}))
     await feed(engine, "f", [42, None, "text"])
