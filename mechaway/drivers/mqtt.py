@@ -41,6 +41,7 @@ __all__ = [
     "Spool",
     "SpoolItem",
     "Subscription",
+    "check_filter",
     "parse_settings",
     "topic_matches",
 ]
@@ -200,7 +201,7 @@ def _strip_share(topic_filter: str) -> str:
     return topic_filter
 
 
-def _check_filter(topic_filter: str) -> str:
+def check_filter(topic_filter: str) -> str:
     """The routing filter of a valid topic filter; ValueError names what is wrong."""
     if topic_filter.startswith("$share/"):
         parts = topic_filter.split("/", 2)
@@ -1037,7 +1038,7 @@ class MqttConnection:
         """
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
-        sub = Subscription(topic_filter, qos, handler, _check_filter(topic_filter))
+        sub = Subscription(topic_filter, qos, handler, check_filter(topic_filter))
         existing = self._subs.get(topic_filter)
         old_qos = max((s.qos for s in existing), default=-1) if existing else -1
         self._subs.setdefault(topic_filter, []).append(sub)

@@ -24,24 +24,6 @@ from mechaway.nodes.registry import register_node
 _TEMPLATE_RE = re.compile(r"\{([^{}]+)\}")
 
 
-def check_filter(topic: str) -> str | None:
-    """Why ``topic`` is not a valid subscription filter (``None`` when it is)."""
-    if not topic:
-        return "topic filter must not be empty"
-    levels = topic.split("/")
-    start = 0
-    if levels[0] == "$share":
-        if len(levels) < 3 or not levels[1] or any(c in levels[1] for c in "+#"):
-            return "shared subscription must look like $share/GROUP/filter"
-        start = 2
-    for i, level in enumerate(levels[start:], start):
-        if "#" in level and (level != "#" or i != len(levels) - 1):
-            return "'#' must be a whole level and the last one"
-        if "+" in level and level != "+":
-            return "'+' must be a whole level"
-    return None
-
-
 class MQTTInParams(NodeParams):
     #: topic filter; ``+`` and ``#`` wildcards; ``$share/group/filter`` for shared subscriptions
     topic: str
@@ -51,9 +33,10 @@ class MQTTInParams(NodeParams):
     decode: Codec = "json"
 
     def __post_init__(self) -> None:
-        problem = check_filter(self.topic)
-        if problem:
-            raise ValueError(problem)
+        # the driver's own rules; imported here so daemons without MQTT flows never load it
+        from mechaway.drivers.mqtt import check_filter
+
+        check_filter(self.topic)
 
 
 @register_node("MQTTInNode")
