@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +14,9 @@ from typing import Any
 import pytest
 
 from mechaway.testing.daemon import DaemonProc as _DaemonProc
-from mechaway.testing.daemon import clean_env, free_port
+from mechaway.testing.daemon import free_port
 
-from .test_cli import assert_one_line_error, stderr_lines
+from .test_cli import assert_one_line_error, mechaway, stderr_lines
 
 TOKEN = "daemon-test-token"
 
@@ -286,43 +284,11 @@ def test_sigterm_exits_0_and_a_restart_brings_flows_back(
 
 def test_refuses_to_listen_beyond_loopback_without_a_token(tmp_path: Path) -> None:
     port = free_port()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mechaway",
-            "start",
-            "--data-dir",
-            str(tmp_path / "d"),
-            "--listen",
-            f"0.0.0.0:{port}",
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=clean_env(),
-    )
+    proc = mechaway("start", "--data-dir", str(tmp_path / "d"), "--listen", f"0.0.0.0:{port}")
     assert_one_line_error(proc, "refusing to listen on 0.0.0.0 without api.token")
     cfg = tmp_path / "m.toml"
     cfg.write_text(f'[api]\nlisten = "0.0.0.0:{port}"\n')
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mechaway",
-            "--config",
-            str(cfg),
-            "start",
-            "--data-dir",
-            str(tmp_path / "d"),
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=clean_env(),
-    )
+    proc = mechaway("--config", str(cfg), "start", "--data-dir", str(tmp_path / "d"))
     assert_one_line_error(proc, "refusing to listen on 0.0.0.0 without api.token")
 
 
@@ -333,23 +299,7 @@ def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         s.listen(1)
         port = s.getsockname()[1]
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "mechaway",
-                "start",
-                "--data-dir",
-                str(tmp_path / "d"),
-                "--listen",
-                f"127.0.0.1:{port}",
-            ],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=clean_env(),
-        )
+        proc = mechaway("start", "--data-dir", str(tmp_path / "d"), "--listen", f"127.0.0.1:{port}")
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
