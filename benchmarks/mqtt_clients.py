@@ -430,6 +430,19 @@ def _readline(stream: IO[str], deadline: float) -> str:
         sel.close()
 
 
+def stop_engine(engine: subprocess.Popen[str]) -> int | None:
+    """SIGTERM an engine process; the messages it says it handled (None: it did not say)."""
+    engine.send_signal(signal.SIGTERM)
+    try:
+        out, _ = engine.communicate(timeout=10)
+        handled: int = json.loads(out.strip().splitlines()[-1])["handled"]
+    except (subprocess.TimeoutExpired, ValueError, IndexError, KeyError):
+        engine.kill()
+        engine.wait()
+        return None
+    return handled
+
+
 def run_case(client: str | None, n: int, limit: float) -> dict[str, float]:
     """One flood through a fresh broker; client None = the floor (no engine)."""
     with MosquittoBroker() as broker:
@@ -467,13 +480,8 @@ def run_case(client: str | None, n: int, limit: float) -> dict[str, float]:
             cpu1 = _proc_cpu_s(engine.pid)
             result[f"{name}_rss_idle_mb"] = round(rss_idle, 1)
             result[f"{name}_rss_peak_mb"] = round(_proc_mem_mb(engine.pid, "VmHWM"), 1)
-            engine.send_signal(signal.SIGTERM)
-            try:
-                out, _ = engine.communicate(timeout=10)
-                handled = json.loads(out.strip().splitlines()[-1])["handled"]
-            except (subprocess.TimeoutExpired, ValueError, IndexError, KeyError):
-                engine.kill()
-                engine.wait()
+            handled = stop_engine(engine)
+            if handled is None:
                 handled = got["count"]
             result[f"{name}_cpu_us_per_msg"] = (
                 round((cpu1 - cpu0) * 1e6 / handled, 1) if handled else 0.0

@@ -508,14 +508,7 @@ def run_reference(
         mc._expect_ready(engine, f"engine {client}")
         figures, raw = _measure_engine(engine.pid, broker, args, floor_p50, client)
     finally:
-        engine.send_signal(signal.SIGTERM)
-        try:
-            out, _ = engine.communicate(timeout=10)
-            handled = json.loads(out.strip().splitlines()[-1])["handled"]
-        except (subprocess.TimeoutExpired, ValueError, IndexError, KeyError):
-            engine.kill()
-            engine.wait()
-            handled = 0
+        handled = mc.stop_engine(engine) or 0
     handled -= raw["probes"] + raw["latency_sent"]
     handled = handled if handled > 0 else args.messages
     figures["engine_cpu_us_per_msg"] = round(raw["cpu_s"] * 1e6 / handled, 1)
