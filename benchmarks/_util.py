@@ -43,6 +43,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def fault_and_switch_counts(pid: int) -> tuple[int, int]:
+    """(minor page faults, voluntary + involuntary context switches) of ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        minflt = int(f.read().rsplit(")", 1)[1].split()[7])
+    switches = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.endswith("ctxt_switches:", 0, line.find(":") + 1):
+                switches += int(line.split()[1])
+    return minflt, switches
+
+
 def notify_socket(tmp: str) -> tuple[socket.socket, str]:
     """A unix datagram socket standing in for systemd's NOTIFY_SOCKET."""
     path = os.path.join(tmp, "notify.sock")

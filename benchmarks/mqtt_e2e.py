@@ -15,10 +15,16 @@ The measuring clients are raw sockets (TCP_NODELAY, the framing of
 measurement published and subscribed on ``bench/in`` through the same broker with no
 engine: what the broker and the clients can do on this machine.
 
-- latency: a publisher paces ``--rate`` msg/s for ``--duration`` s, each message carrying
-  ``t`` = CLOCK_MONOTONIC in ns taken just before the send; the subscriber takes
-  CLOCK_MONOTONIC when ``recv`` returns and records the difference. The first
-  ``--warmup`` messages are left out.
+- latency: a publisher paces ``--rate`` msg/s on ``bench/in`` for ``--duration`` s, each
+  message carrying ``t`` = CLOCK_MONOTONIC in ns taken just before the send; the
+  subscriber takes CLOCK_MONOTONIC when ``recv`` returns and records the difference. The
+  first ``--warmup`` messages are left out.
+- paired floor: half a period after each of those messages the publisher sends a twin on
+  ``bench/floor``, which no engine reads and the same subscriber times straight through
+  the broker. ``p50_over_floor_us`` = engine p50 - paired floor p50: both from the same
+  seconds, so drift of this shared VM between runs (20-40 µs seen) does not enter the
+  difference. ``floor_p50_us`` is the floor measured alone before any engine ran, and
+  ``p50_over_first_floor_us`` the difference to it, comparable with earlier runs.
 - flood: ``mqtt_clients.py``'s publisher writes ``--messages`` QoS 0 messages as fast as
   the socket takes them, its counter counts ``bench/out``; msgs/s = received / (last
   received - first sent); loss = 1 - received/sent.
@@ -26,15 +32,18 @@ engine: what the broker and the clients can do on this machine.
   in during it (``rx`` counter, read from the API after the flood; messages the flow
   dropped cost less, so with ``flood_out_sink_dropped`` > 0 this understates).
   ``latency_cpu_us_per_msg``: the same over the paced run (cold caches, one message per
-  wake-up).
+  wake-up); ``latency_minflt_per_msg`` and ``latency_ctxsw_per_msg``: its page faults and
+  context switches per message.
 - RSS: ``rss_idle_mb`` is VmRSS once the flow has passed a probe message, before any API
   call (the API imports aiohttp at its first request); ``rss_peak_mb`` is VmHWM after the
   flood, read before the API is touched. ``start_to_ready_s``: spawn to sd_notify READY=1.
-- references (``--reference raw,gmqtt``, the default): the same measurements with a bare
-  loop in place of the daemon, keys ``ref_<name>_*``. ``raw``: blocking raw sockets,
-  orjson + threshold, no event loop, no library (what the extra broker pass and process
-  wake-up cost by themselves); ``gmqtt``: ``mqtt_clients.py``'s gmqtt callback loop on
-  uvloop (MQTT 3.1.1); ``mechaway_driver``: the same through ``mechaway.drivers.mqtt``.
+- references (``--reference c,raw,gmqtt``, the default): the same measurements with a
+  bare loop in place of the daemon, keys ``ref_<name>_*``. ``c``: ``ref_forward.c``,
+  blocking sockets in C, built with ``cc`` at the start (what the extra broker pass and
+  process wake-up cost by themselves); ``raw``: the same loop in Python (orjson +
+  threshold, no event loop, no library: what CPython itself costs per woken message);
+  ``gmqtt``: ``mqtt_clients.py``'s gmqtt callback loop on uvloop (MQTT 3.1.1);
+  ``mechaway_driver``: the same through ``mechaway.drivers.mqtt``.
 
 Prints ONE JSON line; keys name their units; per-variant keys are prefixed
 (``builtin_p50_latency_us``, ``lua_flood_msgs_per_s``, ...). ``targets_missed`` lists the
@@ -42,7 +51,7 @@ issue-3 targets this run missed. Diagnostics: ``*_flood_out_sink_dropped`` (MQTT
 queue overflow), ``*_driver_drops`` (driver counters), ``*_broker_cpu_us_per_msg``.
 
     python benchmarks/mqtt_e2e.py [--variant builtin|lua|both] [--messages 50000]
-        [--rate 500] [--duration 10] [--reference raw,gmqtt,mechaway_driver|'']
+        [--rate 500] [--duration 10] [--reference c,raw,gmqtt,mechaway_driver|'']
         [--out-queue-size N] [--profile DIR]
 
 ``--out-queue-size`` sets the MQTTOutNode's ``queue_size`` (default: the node's own);
@@ -72,12 +81,22 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mqtt_clients as mc
-from _util import compile_package, cpu_seconds, free_port, notify_socket, rss_mb, wait_ready
+from _util import (
+    compile_package,
+    cpu_seconds,
+    fault_and_switch_counts,
+    free_port,
+    notify_socket,
+    rss_mb,
+    wait_ready,
+)
 
 from mechaway.testing.broker import MosquittoBroker
 
 IN_TOPIC = mc.IN_TOPIC  # "bench/in"
 OUT_TOPIC = mc.OUT_TOPIC  # "bench/out"
+#: the paired floor's topic: straight through the broker, no engine subscribes to it
+FLOOR_TOPIC = "bench/floor"
 
 TARGETS = {
     "flood_msgs_per_s": 22_000,  # >=
@@ -191,8 +210,8 @@ def _subscribe(sock: socket.socket, topic: str) -> None:
         raise RuntimeError(f"bad SUBACK {suback!r}")
 
 
-def _payloads(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
-    """(monotonic ns at recv, payload) of each PUBLISH read from ``sock`` (QoS 0)."""
+def _payloads(sock: socket.socket) -> Iterator[tuple[int, bytes, bytes]]:
+    """(monotonic ns at recv, topic, payload) of each PUBLISH read from ``sock`` (QoS 0)."""
     buf = b""
     while True:
         chunk = sock.recv(1 << 20)
@@ -205,62 +224,76 @@ def _payloads(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
                 buf = buf[start:]
             elif first & 0xF0 == 0x30:
                 (tlen,) = struct.unpack_from("!H", buf, start)
-                yield now, buf[start + 2 + tlen : end]
+                yield now, buf[start + 2 : start + 2 + tlen], buf[start + 2 + tlen : end]
 
 
-def role_pace(port: int, rate: float, n: int) -> None:
-    """Publish n messages at ``rate``/s; ``t`` is CLOCK_MONOTONIC ns just before the send."""
+def role_pace(port: int, rate: float, n: int, floor_topic: str = "") -> None:
+    """Publish n messages on bench/in at ``rate``/s; ``t`` is CLOCK_MONOTONIC ns just before
+    the send. With ``floor_topic``, a second message goes to that topic half a period after
+    each one (same payload shape, its own ``seq``): the paired floor, sampled in the same
+    seconds as the end-to-end run."""
     sock = mc._raw_connect(port, f"bench-pace-{os.getpid()}")
     period = 1e9 / rate
     t0 = time.monotonic_ns() + 20_000_000
+    topics = [(0.0, IN_TOPIC)] + ([(0.5, floor_topic)] if floor_topic else [])
     for i in range(n):
-        due = t0 + int(i * period)
-        wait = due - time.monotonic_ns()
-        if wait > 0:
-            time.sleep(wait / 1e9)
-        payload = orjson.dumps({"seq": i, "t": time.monotonic_ns(), "temp": 20 + i % 20})
-        sock.sendall(mc._publish_packet(IN_TOPIC, payload))
+        for offset, topic in topics:
+            due = t0 + int((i + offset) * period)
+            wait = due - time.monotonic_ns()
+            if wait > 0:
+                time.sleep(wait / 1e9)
+            payload = orjson.dumps({"seq": i, "t": time.monotonic_ns(), "temp": 20 + i % 20})
+            sock.sendall(mc._publish_packet(topic, payload))
     sock.sendall(b"\xe0\x00")
     sock.close()
     elapsed = (time.monotonic_ns() - t0) / 1e9
     print(json.dumps({"sent": n, "rate_msgs_per_s": round(n / elapsed, 1)}), flush=True)
 
 
-def role_latency(port: int, topic: str, n: int, warmup: int, limit: float) -> None:
-    """Subscribe, say READY, record recv time - ``t`` for seq >= warmup until n arrived
-    (or 2 s of silence, or ``limit`` s); print the percentiles in µs."""
+def role_latency(port: int, topics: list[str], n: int, warmup: int, limit: float) -> None:
+    """Subscribe to ``topics``, say READY, record recv time - ``t`` per topic for seq >=
+    warmup until n arrived on each (or 2 s of silence, or ``limit`` s); print the
+    percentiles in µs, one object per topic."""
     sock = mc._raw_connect(port, f"bench-lat-{os.getpid()}")
-    _subscribe(sock, topic)
+    for topic in topics:
+        _subscribe(sock, topic)
     print("READY", flush=True)
-    lat_ns: list[int] = []
-    seen = 0
+    lat_ns: dict[bytes, list[int]] = {t.encode(): [] for t in topics}
+    seen = dict.fromkeys(lat_ns, 0)
     bad = 0
     deadline = time.monotonic() + limit
     sock.settimeout(2.0)
     try:
-        for now, payload in _payloads(sock):
+        for now, topic, payload in _payloads(sock):
             msg = orjson.loads(payload)
             seq = msg.get("seq", -1)
-            if seq < 0:
+            if seq < 0 or topic not in seen:
                 continue  # a probe
-            seen += 1
-            if topic == OUT_TOPIC and msg.get("state") != ("on" if 20 + seq % 20 > 30 else "off"):
+            seen[topic] += 1
+            if topic == OUT_TOPIC.encode() and msg.get("state") != (
+                "on" if 20 + seq % 20 > 30 else "off"
+            ):
                 bad += 1
             if seq >= warmup:
-                lat_ns.append(now - msg["t"])
-            if seen >= n or time.monotonic() > deadline:
+                lat_ns[topic].append(now - msg["t"])
+            if min(seen.values()) >= n or time.monotonic() > deadline:
                 break
     except TimeoutError:
         pass
     sock.close()
-    lat_ns.sort()
 
-    def pct(q: float) -> float:
-        return round(lat_ns[min(len(lat_ns) - 1, int(q * len(lat_ns)))] / 1000, 1)
+    out: dict[str, Any] = {}
+    for topic, got in lat_ns.items():
+        got.sort()
 
-    out: dict[str, Any] = {"received": seen, "wrong_state": bad, "samples": len(lat_ns)}
-    if lat_ns:
-        out.update(p50=pct(0.50), p90=pct(0.90), p99=pct(0.99), max=round(lat_ns[-1] / 1000, 1))
+        def pct(q: float, got: list[int] = got) -> float:
+            return round(got[min(len(got) - 1, int(q * len(got)))] / 1000, 1)
+
+        one: dict[str, Any] = {"received": seen[topic], "samples": len(got)}
+        if got:
+            one.update(p50=pct(0.50), p90=pct(0.90), p99=pct(0.99), max=round(got[-1] / 1000, 1))
+        out[topic.decode()] = one
+    out[OUT_TOPIC if OUT_TOPIC in topics else topics[0]]["wrong_state"] = bad
     print(json.dumps(out), flush=True)
 
 
@@ -277,7 +310,7 @@ def role_forward(port: int) -> None:
     print("READY", flush=True)
     handled = 0
     try:
-        for _now, payload in _payloads(sock):
+        for _now, _topic, payload in _payloads(sock):
             handled += 1
             sock.sendall(mc._publish_packet(OUT_TOPIC, mc._decide(payload)))
     except SystemExit:
@@ -307,20 +340,29 @@ def _last_json(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
 
 
 def measure_latency(port: int, topic: str, args: argparse.Namespace) -> dict[str, Any]:
+    """A paced run on bench/in, timed where it comes out on ``topic``. For ``OUT_TOPIC``
+    (through an engine) the floor is paired: every message has a twin on ``FLOOR_TOPIC``
+    half a period later, straight through the broker, and ``floor`` holds its figures, so
+    the floor and the end-to-end times come from the same seconds of the same machine."""
     n = int(args.rate * args.duration)
+    topics = [topic, FLOOR_TOPIC] if topic == OUT_TOPIC else [topic]
     sub = _spawn_self(
-        "--role", "latency", "--port", str(port), "--topic", topic, "-n", str(n),
+        "--role", "latency", "--port", str(port), "--topic", ",".join(topics), "-n", str(n),
         "--warmup", str(args.warmup), "--limit", str(args.duration + 20),
     )  # fmt: skip
     mc._expect_ready(sub, "latency subscriber")
     pub = _spawn_self(
-        "--role", "pace", "--port", str(port), "--rate", str(args.rate), "-n", str(n)
+        "--role", "pace", "--port", str(port), "--rate", str(args.rate), "-n", str(n),
+        "--floor-topic", FLOOR_TOPIC if len(topics) > 1 else "",
     )  # fmt: skip
     sent = _last_json(pub, args.duration + 30)
     got = _last_json(sub, args.duration + 30)
-    got["sent"] = sent["sent"]
-    got["paced_msgs_per_s"] = sent["rate_msgs_per_s"]
-    return got
+    res: dict[str, Any] = got[topic]
+    if len(topics) > 1:
+        res["floor"] = got[FLOOR_TOPIC]
+    res["sent"] = sent["sent"]
+    res["paced_msgs_per_s"] = sent["rate_msgs_per_s"]
+    return res
 
 
 def measure_flood(
@@ -376,7 +418,7 @@ def _probe(port: int, timeout: float = 20.0) -> tuple[float, int]:
             pub.sendall(probe)
             sent += 1
             try:
-                for _now, payload in _payloads(sub):
+                for _now, _topic, payload in _payloads(sub):
                     if orjson.loads(payload).get("seq") == -1:  # state: checked later
                         return time.monotonic() - t0, sent
             except TimeoutError:
@@ -406,11 +448,19 @@ def _measure_engine(
     res["rss_idle_mb"] = round(rss_mb(pid), 1)
 
     cpu0 = cpu_seconds(pid)
+    faults0, switches0 = fault_and_switch_counts(pid)
     lat = measure_latency(broker.port, OUT_TOPIC, args)
     res["latency_cpu_us_per_msg"] = round((cpu_seconds(pid) - cpu0) * 1e6 / lat["sent"], 1)
+    faults1, switches1 = fault_and_switch_counts(pid)
+    res["latency_minflt_per_msg"] = round((faults1 - faults0) / lat["sent"], 2)
+    res["latency_ctxsw_per_msg"] = round((switches1 - switches0) / lat["sent"], 2)
     res["p50_latency_us"] = lat.get("p50")
     res["p99_latency_us"] = lat.get("p99")
-    res["p50_over_floor_us"] = (
+    paired = lat.get("floor", {}).get("p50")
+    res["paired_floor_p50_us"] = paired
+    res["p50_over_floor_us"] = round(lat["p50"] - paired, 1) if "p50" in lat and paired else None
+    # the floor measured on its own before any engine ran, for comparison with older runs
+    res["p50_over_first_floor_us"] = (
         round(lat["p50"] - floor_p50, 1) if "p50" in lat and floor_p50 else None
     )
     res["latency_loss_pct"] = round(100.0 * (lat["sent"] - lat["received"]) / lat["sent"], 2)
@@ -492,16 +542,30 @@ def run_variant(
     return {f"{variant}_{k}": v for k, v in res.items()}
 
 
+def _build_c_forwarder() -> str:
+    """Compile ``ref_forward.c`` (the C reference); returns the binary (caller removes it)."""
+    out = Path(tempfile.gettempdir(), f"mechaway-ref-forward-{os.getpid()}")
+    src = Path(__file__).with_name("ref_forward.c")
+    subprocess.run([os.environ.get("CC", "cc"), "-O2", "-o", str(out), str(src)], check=True)
+    return str(out)
+
+
 def run_reference(
     client: str, broker: MosquittoBroker, args: argparse.Namespace, floor_p50: float
 ) -> dict[str, Any]:
-    """A bare loop in place of the daemon: ``raw`` (``role_forward``: blocking sockets, no
-    event loop, no library: the cost of the extra broker pass and process wake-up alone),
+    """A bare loop in place of the daemon: ``c`` (``ref_forward.c``: blocking sockets in C,
+    no Python at all), ``raw`` (``role_forward``: the same in Python, no event loop, no
+    library: the cost of the extra broker pass and process wake-up alone),
     or ``mqtt_clients.py``'s ``gmqtt`` / ``mechaway_driver`` loops (MQTT 3.1.1): what the
     client library (and the driver) cost without the engine."""
     port = str(broker.port)
     if client == "raw":
         engine = _spawn_self("--role", "forward", "--port", port)
+    elif client == "c":
+        engine = subprocess.Popen(
+            [_build_c_forwarder(), port], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
     else:
         engine = mc._spawn("--role", "engine", "--client", client, "--port", port)
     try:
@@ -509,6 +573,8 @@ def run_reference(
         figures, raw = _measure_engine(engine.pid, broker, args, floor_p50, client)
     finally:
         handled = mc.stop_engine(engine) or 0
+        if client == "c":
+            Path(engine.args[0]).unlink(missing_ok=True)
     handled -= raw["probes"] + raw["latency_sent"]
     handled = handled if handled > 0 else args.messages
     figures["engine_cpu_us_per_msg"] = round(raw["cpu_s"] * 1e6 / handled, 1)
@@ -558,7 +624,8 @@ def main() -> None:
     ap.add_argument("--role", default="harness", choices=["harness", "pace", "latency", "forward"])
     ap.add_argument("--variant", default="both", choices=["builtin", "lua", "both"])
     ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--topic", default=OUT_TOPIC)
+    ap.add_argument("--topic", default=OUT_TOPIC, help="latency role: comma separated")
+    ap.add_argument("--floor-topic", default="", help="pace role: the paired floor's topic")
     ap.add_argument("-n", "--messages", type=int, default=50_000, help="flood size")
     ap.add_argument("--rate", type=float, default=500.0, help="latency run msg/s")
     ap.add_argument("--duration", type=float, default=10.0, help="latency run seconds")
@@ -566,9 +633,9 @@ def main() -> None:
     ap.add_argument("--limit", type=float, default=40.0)
     ap.add_argument(
         "--reference",
-        default="raw,gmqtt",
-        help="also measure bare loops in place of the daemon (comma separated: raw, gmqtt, "
-        "mechaway_driver; '' for none): what a hop costs before mechaway adds anything",
+        default="c,raw,gmqtt",
+        help="also measure bare loops in place of the daemon (comma separated: c, raw, "
+        "gmqtt, mechaway_driver; '' for none): what a hop costs before mechaway adds anything",
     )
     ap.add_argument(
         "--profile", default="", help="py-spy each engine during its flood; files go here"
@@ -583,13 +650,14 @@ def main() -> None:
     if args.role == "harness":
         compile_package()  # the daemon loads .pyc files, as an installed one does
     if args.role == "pace":
-        role_pace(args.port, args.rate, args.messages)
+        role_pace(args.port, args.rate, args.messages, args.floor_topic)
         return
     if args.role == "forward":
         role_forward(args.port)
         return
     if args.role == "latency":
-        role_latency(args.port, args.topic, args.messages, args.warmup, args.limit)
+        topics = args.topic.split(",")
+        role_latency(args.port, topics, args.messages, args.warmup, args.limit)
         return
 
     variants = ["builtin", "lua"] if args.variant == "both" else [args.variant]
