@@ -25,6 +25,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Future as ThreadFuture
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Annotated, Any, Literal, Protocol
@@ -125,9 +126,14 @@ class Spool(Protocol):
     Called on the event loop thread; every method must be quick (``__len__`` above all:
     it is checked on each QoS>=1 publish). The connection enforces the bound and the
     overflow policy before ``append``.
+
+    ``append`` returns a future that resolves once the item is on disk (``durable``: fsynced
+    too), or None when there is nothing to wait for (a memory spool, an item dropped).
     """
 
-    def append(self, topic: str, payload: bytes, qos: int, retain: bool) -> None: ...
+    def append(
+        self, topic: str, payload: bytes, qos: int, retain: bool, durable: bool = False
+    ) -> ThreadFuture[Any] | None: ...
 
     def peek(self, n: int) -> list[SpoolItem]: ...
 
@@ -148,13 +154,16 @@ class MemorySpool:
         self._items: deque[SpoolItem] = deque()
         self._ids = itertools.count(1)
 
-    def append(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+    def append(
+        self, topic: str, payload: bytes, qos: int, retain: bool, durable: bool = False
+    ) -> ThreadFuture[Any] | None:
         if len(self._items) >= self.max_items:
             self.dropped += 1
             if self.overflow == "drop_new" or not self._items:
-                return
+                return None
             self._items.popleft()
         self._items.append((next(self._ids), topic, payload, qos, retain))
+        return None
 
     def peek(self, n: int) -> list[SpoolItem]:
         return list(itertools.islice(self._items, n))
@@ -260,6 +269,13 @@ class _Out:
     spool_id: int | None = None  # set when it came from the spool (removed once acked)
     requeue: bool = True  # False for the birth message: stale on a later session
     done: bool = False
+    #: resolved once the broker has acknowledged it (``publish(confirm=True)``)
+    confirmed: asyncio.Future[None] | None = None
+
+
+def _resolve(fut: asyncio.Future[None] | None) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(None)
 
 
 class _Refused(MechawayError):
@@ -988,6 +1004,8 @@ class MqttConnection:
         self._requeue_unacked()
         for out in self._retry:  # keep them for the next start (durable spools)
             self._spool_append(out.topic, out.payload, out.qos, out.retain)
+            if out.confirmed is not None:
+                out.confirmed.cancel()  # whoever waited was a handler, cancelled above
         self._retry.clear()
         self._connected.clear()
         for fut in self._suback_waiters.values():
@@ -1215,7 +1233,15 @@ class MqttConnection:
             )
 
     # -- publishing ---------------------------------------------------------------------------
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        *,
+        confirm: bool = False,
+    ) -> asyncio.Future[None] | None:
         """Queue or write one message; never blocks, never raises for a broker outage.
 
         Connected: QoS 0 is written now (dropped and counted while the socket buffer is
@@ -1223,6 +1249,12 @@ class MqttConnection:
         the spool or the in-flight window is full, then it queues behind them (order kept).
         Offline: QoS>=1 goes to the spool, QoS 0 follows ``offline_qos0``. NotConnected
         after ``close()``; ValueError for a bad topic or QoS.
+
+        ``confirm`` (QoS>=1): returns a future that resolves once the message is safe: the
+        broker acknowledged it (PUBACK, or PUBCOMP for QoS 2), or it is fsynced in the
+        spool. An MQTT QoS 1 source holds its own PUBACK on it, so a message is never
+        acknowledged upstream while only this process's memory holds it. None when there
+        is nothing to wait for (QoS 0, or a drop that was counted).
         """
         if self._closing:
             raise NotConnected(f"{self._label} is closed")
@@ -1240,36 +1272,40 @@ class MqttConnection:
                 f"refusing to publish payloads over "
                 f"{self.settings.max_payload_bytes} bytes (first on {topic!r})",
             )
-            return
+            return None
         session = self._session
         if qos == 0:
             if session is not None:
                 if session.write_buffer_size() > self.settings.max_write_buffer_bytes:
                     self._counters["qos0_dropped_backpressure"] += 1
-                    return
+                    return None
                 try:
                     session.publish(topic, payload, 0, retain)
                 except Exception as err:
                     session.abort(f"publish failed: {err!r}")
                     self._counters["qos0_dropped_offline"] += 1
-                    return
+                    return None
                 self._counters["tx"] += 1
             elif self.settings.offline_qos0 == "queue":
                 self._spool_append(topic, payload, 0, retain)
             else:
                 self._counters["qos0_dropped_offline"] += 1
-            return
+            return None
         if (
             session is not None
             and not self._retry
             and self._unacked < self._window
             and not len(self._spool)
         ):
-            self._send(session, _Out(topic, _own(payload), qos, retain))
-            return
-        self._spool_append(topic, payload, qos, retain)
+            out = _Out(topic, _own(payload), qos, retain)
+            if confirm:
+                out.confirmed = asyncio.get_running_loop().create_future()
+            self._send(session, out)
+            return out.confirmed
+        stored = self._spool_append(topic, payload, qos, retain, durable=confirm)
         if session is not None:
             self._pump(session)
+        return asyncio.wrap_future(stored) if confirm and stored is not None else None
 
     def _send(self, session: _GmqttSession, out: _Out) -> None:
         """Write one queued message on the session, tracked until acked (QoS>=1)."""
@@ -1285,6 +1321,7 @@ class MqttConnection:
         self._counters["tx"] += 1
         if out.qos == 0 or mid is None:
             out.done = True
+            _resolve(out.confirmed)
             if out.qos:
                 self._unacked -= 1
                 if not self._unacked:
@@ -1300,6 +1337,7 @@ class MqttConnection:
         if out is None or out.done:
             return
         out.done = True
+        _resolve(out.confirmed)
         self._unacked -= 1
         if not self._unacked:
             self._all_acked.set()
@@ -1341,7 +1379,11 @@ class MqttConnection:
             self._last_sent_spool_id = id_
             self._send(session, _Out(topic, payload, qos, retain, spool_id=id_))
 
-    def _spool_append(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+    def _spool_append(
+        self, topic: str, payload: bytes, qos: int, retain: bool, durable: bool = False
+    ) -> ThreadFuture[Any] | None:
+        """Append under the bound and policy; the spool's on-disk future (None: dropped,
+        or a memory spool)."""
         spool, max_items = self._spool, self.settings.spool_max
         if len(spool) >= max_items:
             self._counters["spool_dropped"] += 1
@@ -1350,12 +1392,13 @@ class MqttConnection:
                 f"spool full ({max_items}): {self.settings.spool_overflow.replace('_', ' ')}",
             )
             if self.settings.spool_overflow == "drop_new" or max_items == 0:
-                return
+                return None
             oldest = spool.peek(1)
             if oldest:
                 spool.remove_upto(oldest[0][0])
-        spool.append(topic, _own(payload), qos, retain)
+        stored = spool.append(topic, _own(payload), qos, retain, durable)
         self._counters["spooled"] += 1
+        return stored
 
     def _requeue_unacked(self) -> None:
         """After a loss: unacked direct sends go to the head of the retry queue; spooled
@@ -1539,6 +1582,9 @@ class MqttConnection:
             "tcp_nodelay": session.nodelay() if session is not None else None,
             "subscriptions": sorted(self._subs),
             "inflight": self._unacked,
+            # received QoS>=1 messages whose PUBACK waits until what the flow made of them
+            # is safe (an outbox commit, a downstream broker's ack, a spool fsync)
+            "acks_held": len(session.pending_acks) if session is not None else 0,
             "window": self._window,
             "retry_queue": len(self._retry),
             "spool": len(self._spool),

@@ -191,6 +191,11 @@ def receipt(done: Awaitable[Any]) -> None:
         _collector.append(done)
 
 
+def collecting() -> bool:
+    """True while a source that waits for receipts dispatches (``emit_collecting``)."""
+    return _collector is not None
+
+
 def emit_collecting(emit: Emit, msg: Message) -> list[Awaitable[Any]]:
     """``emit(msg)`` and return the receipts registered while it ran."""
     global _collector

@@ -14,8 +14,10 @@ from mechaway.nodes.base import (
     NodeParams,
     Result,
     SourceNode,
+    collecting,
     emit_collecting,
     get_path,
+    receipt,
     split_path,
 )
 from mechaway.nodes.codec import DECODERS, ENCODERS, Codec
@@ -77,13 +79,22 @@ class MQTTInNode(SourceNode):
             st.last_error_ts = time.time()
             self.ctx.burst.warning("%s", st.last_error)
             self.emit(
-                {"payload": DECODERS["bytes"](m.payload), "topic": m.topic, "ts": time.time(),
-                 "error": {"node": self.id, "type": "DecodeError", "message": str(err)}},
+                {
+                    "payload": DECODERS["bytes"](m.payload),
+                    "topic": m.topic,
+                    "ts": time.time(),
+                    "error": {"node": self.id, "type": "DecodeError", "message": str(err)},
+                },
                 "error",
             )
             return None
-        msg = {"payload": payload, "topic": m.topic, "qos": m.qos, "retain": m.retain,
-               "ts": time.time()}
+        msg = {
+            "payload": payload,
+            "topic": m.topic,
+            "qos": m.qos,
+            "retain": m.retain,
+            "ts": time.time(),
+        }
         if m.dup:
             msg["dup"] = True  # a redelivery: the outbox flags it as a possible duplicate
         if m.qos == 0:
@@ -160,6 +171,10 @@ class MQTTOutNode(Node):
     on reconnect); QoS 0 is dropped and counted past ``max_write_buffer_bytes`` or while
     offline (``offline_qos0``). So the node is called directly on the hot path, with no
     queue or task of its own in between.
+
+    QoS 1/2 fed by an MQTT QoS 1/2 source: the source's PUBACK waits until this publish
+    is acknowledged by its broker or fsynced in the spool (a receipt), so a crash at any
+    moment leaves the message with one broker or the other, never only in memory.
     """
 
     Params = MQTTOutParams
@@ -182,5 +197,11 @@ class MQTTOutNode(Node):
         if not topic or "+" in topic or "#" in topic:
             raise ValueError(f"bad publish topic {topic!r}")
         payload = self._encode(get_path(msg, self._keys) if self._keys else msg)
+        if self._qos and collecting():
+            # a QoS 1/2 source upstream holds its PUBACK until this one is safe too
+            safe = self._conn.publish(topic, payload, self._qos, self._retain, confirm=True)
+            if safe is not None:
+                receipt(safe)
+            return None
         self._conn.publish(topic, payload, self._qos, self._retain)
         return None

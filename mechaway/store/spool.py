@@ -11,7 +11,8 @@ from __future__ import annotations
 import collections
 import logging
 import sqlite3
-from typing import Literal
+from concurrent.futures import Future
+from typing import Any, Literal
 
 from mechaway.store.db import Database, register_migration
 
@@ -65,11 +66,15 @@ class SqliteSpool:
     def __len__(self) -> int:
         return len(self._q)
 
-    def append(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+    def append(
+        self, topic: str, payload: bytes, qos: int, retain: bool, durable: bool = False
+    ) -> Future[Any] | None:
+        """Queue one publish; the future resolves after its commit (``durable``: with
+        fsync, which also makes every earlier commit durable). None: dropped (full)."""
         if len(self._q) >= self.max_items:
             self.dropped += 1
             if self.overflow == "drop_new":
-                return
+                return None
             self._delete_upto(self._q.popleft()[0])
         item = (self._next, topic, payload, qos, retain)
         self._next += 1
@@ -83,7 +88,7 @@ class SqliteSpool:
                 (name, item[0], item[1], item[2], item[3], int(item[4])),
             )
 
-        self.db.submit(op)
+        return self.db.submit(op, durable=durable)
 
     def peek(self, n: int) -> list[Item]:
         return [self._q[i] for i in range(min(n, len(self._q)))]

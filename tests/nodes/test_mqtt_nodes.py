@@ -344,3 +344,212 @@ async def test_qos1_puback_waits_for_the_outbox_commit(
         for c in [*conns.values(), pub]:
             await c.close()
         await db.close()
+
+
+@pytest.mark.asyncio
+async def test_qos1_relay_acks_upstream_only_once_the_far_side_has_it(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """MQTTIn (QoS 1) -> MQTTOut (QoS 1, another broker): the input's PUBACK waits for the
+    far broker's PUBACK, or, while the far broker is down, for the spool's fsync. So at
+    no moment is an acknowledged message held only in the daemon's memory."""
+    import signal
+    import threading
+
+    from mechaway.store.db import Database
+    from mechaway.store.spool import SqliteSpool
+
+    far = MosquittoBroker(persistence=True)
+    far.start()
+    db = Database(tmp_path / "m.db")
+    db.open()
+    conns: dict[str, MqttConnection] = {}
+
+    async def get(name: str) -> MqttConnection:
+        if name not in conns:
+            if name == "far":
+                c = MqttConnection(
+                    name, fast(far, birth=False), device_id="dut", spool=SqliteSpool(db, "far")
+                )
+            else:
+                c = MqttConnection(name, fast(broker, birth=False), device_id="dut")
+            conns[name] = c
+            await c.start()
+            await c.wait_connected(5)
+        return conns[name]
+
+    engine = Engine(Services(store=db, data_dir=tmp_path, connections={"mqtt": get}))
+    doc = {
+        "id": "relay",
+        "nodes": [
+            {"id": "in", "type": "MQTTInNode", "params": {"topic": "relay/in", "qos": 1}},
+            {
+                "id": "out",
+                "type": "MQTTOutNode",
+                "params": {"connection": "far", "topic": "relay/out", "qos": 1},
+            },
+        ],
+        "edges": [{"from": "in", "to": "out"}],
+    }
+    pub = MqttConnection("pub", fast(broker, birth=False), device_id="pub")
+    watch_settings = fast(far, birth=False, clean_session=False, client_id="relay-watch")
+    watcher = MqttConnection("watch", watch_settings, device_id="watch")
+    inbox = Inbox()
+    for c in (pub, watcher):
+        await c.start()
+        await c.wait_connected(5)
+    watcher.subscribe("relay/out", 1, inbox)
+    await watcher.wait_subscribed()
+
+    def held() -> int:  # the daemon's PUBACKs to the first broker not sent yet
+        return int(conns["default"].status()["acks_held"])
+
+    def relayed() -> int:
+        return int(engine.status()["relay"]["nodes"]["in"]["out"])
+
+    try:
+        await engine.deploy(validate(doc))
+        await asyncio.sleep(0.3)
+        pub.publish("relay/in", b'{"n": 1}', qos=1)
+        await until(lambda: len(inbox.got) == 1 and held() == 0)
+
+        # the far broker takes the PUBLISH but cannot answer: the input stays unacked
+        assert far.pid is not None
+        os.kill(far.pid, signal.SIGSTOP)
+        try:
+            pub.publish("relay/in", b'{"n": 2}', qos=1)
+            await until(lambda: relayed() == 2)
+            await asyncio.sleep(0.3)
+            assert held() == 1, "PUBACKed upstream before the far broker acknowledged"
+        finally:
+            os.kill(far.pid, signal.SIGCONT)
+        await until(lambda: held() == 0 and len(inbox.got) == 2)
+
+        # the far broker is down: the publish is spooled; the PUBACK waits for the fsync
+        await far.astop()
+        await until(lambda: not conns["far"].connected)
+        stall = threading.Event()
+        db.submit(lambda conn: stall.wait(10))  # the writer is busy: the spool write waits
+        pub.publish("relay/in", b'{"n": 3}', qos=1)
+        await until(lambda: relayed() == 3)
+        await asyncio.sleep(0.3)
+        assert held() == 1, "PUBACKed upstream before the spooled copy was on disk"
+        stall.set()
+        await until(lambda: held() == 0)
+        assert conns["far"].status()["spool"] == 1
+        assert db.read("SELECT count(*) FROM mqtt_spool WHERE conn = 'far'")[0][0] == 1
+
+        await far.astart()
+        await until(lambda: len(inbox.got) == 3)
+        assert [orjson.loads(m.payload)["n"] for m in inbox.got] == [1, 2, 3]
+    finally:
+        await engine.stop()
+        for c in [*conns.values(), pub, watcher]:
+            await c.close()
+        await db.close()
+        far.close()
+
+
+def test_relay_killed_again_and_again_loses_nothing(tmp_path: Path) -> None:
+    """The daemon relays QoS 1 from one broker to another that is down (so every message
+    goes through the spool) and is killed with SIGKILL three times mid-stream. Every
+    published message reaches the far side, first copies in order: what the daemon had
+    not made safe it had not PUBACKed either, so the near broker delivered it again."""
+    import random
+    import threading
+
+    import paho.mqtt.client as paho
+
+    near = MosquittoBroker(persistence=True)
+    far = MosquittoBroker(persistence=True)
+    total = 300
+    try:
+        near.start()
+        far.start()  # once, to leave a persistent session for the watcher, then down
+        watch = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id="relay-watch", clean_session=False
+        )
+        watch.connect("127.0.0.1", far.port)
+        watch.subscribe("relay/out", qos=1)
+        watch.loop_start()
+        time.sleep(0.3)
+        watch.loop_stop()
+        watch.disconnect()
+        far.stop()
+
+        config = "\n".join(
+            [
+                "[mqtt.default]",
+                f"port = {near.port}",
+                'client_id = "relay-dut"',
+                "clean_session = false",
+                "reconnect_min = 0.05",
+                "reconnect_max = 0.3",
+                "[mqtt.far]",
+                f"port = {far.port}",
+                "reconnect_min = 0.05",
+                "reconnect_max = 0.3",
+            ]
+        )
+        daemon = DaemonProc(tmp_path, config=config)
+        daemon.start()
+        relay = {
+            "id": "relay",
+            "nodes": [
+                {"id": "in", "type": "MQTTInNode", "params": {"topic": "relay/in", "qos": 1}},
+                {
+                    "id": "out",
+                    "type": "MQTTOutNode",
+                    "params": {"connection": "far", "topic": "relay/out", "qos": 1},
+                },
+            ],
+            "edges": [{"from": "in", "to": "out"}],
+        }
+        (daemon.flows / "relay.json").write_text(json.dumps(relay))
+        wait_for(lambda: daemon.get("/status")["flows"].get("relay") is not None)
+
+        def far_spooled() -> int:
+            return int(daemon.get("/status")["connections"]["mqtt.far"]["spool"])
+
+        pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="relay-pub")
+        pub.connect("127.0.0.1", near.port)
+        pub.loop_start()
+
+        def produce() -> None:
+            for i in range(total):
+                pub.publish("relay/in", b"%d" % i, qos=1)
+                time.sleep(0.004)
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        rng = random.Random(7)
+        for _ in range(3):
+            time.sleep(rng.uniform(0.15, 0.35))
+            daemon.kill9()
+            daemon.start()
+        producer.join()
+        wait_for(lambda: far_spooled() >= total, timeout=30)
+
+        got: list[int] = []
+        far.start()
+        watch = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id="relay-watch", clean_session=False
+        )
+        watch.on_message = lambda c, u, m: got.append(int(m.payload))
+        watch.connect("127.0.0.1", far.port)
+        watch.loop_start()
+        try:
+            wait_for(lambda: set(range(total)) <= set(got), timeout=30)
+            wait_for(lambda: far_spooled() == 0)
+        finally:
+            watch.loop_stop()
+            watch.disconnect()
+            pub.loop_stop()
+            pub.disconnect()
+        first = list(dict.fromkeys(got))
+        assert first == list(range(total)), "every message, first copies in publish order"
+        assert daemon.terminate() == 0
+        assert "Traceback" not in daemon.logfile.read_text()
+    finally:
+        near.close()
+        far.close()
