@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pathlib
 import time
-import timeit
 from typing import Any
 
 import pytest
@@ -359,9 +358,16 @@ def wasmtime_version() -> str:
 # --- speed ------------------------------------------------------------------------------
 
 
-def test_call_uses_the_fast_path(wat_wasm: pathlib.Path) -> None:
-    """Guard against a fall back to Func.__call__ (~50 us); the target is <= 15 us."""
+def test_call_uses_the_fast_path(wat_wasm: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Guard against a fall back to ``Func.__call__`` (~50 us a call against ~4 us through
+    the unchecked path; the speed itself is ``benchmarks/wasm_sandbox.py``'s to measure,
+    not a timed test's): once loaded, a call never goes through it."""
     sandbox = WasmSandbox(wat_wasm)
-    runs = 2000
-    best = min(timeit.repeat(lambda: sandbox.call(MSG), number=runs, repeat=5)) / runs
-    assert best < 30e-6, f"{best * 1e6:.1f} us per call"
+    sandbox.call(MSG)  # loaded and warm
+
+    def checked_call(*args: object, **kwargs: object) -> None:
+        raise AssertionError("WasmSandbox.call went through wasmtime's checked Func.__call__")
+
+    monkeypatch.setattr(wasmtime.Func, "__call__", checked_call)
+    for _ in range(3):
+        assert sandbox.call(MSG) == sandbox.call(MSG)
