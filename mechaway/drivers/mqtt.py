@@ -578,6 +578,8 @@ def _gmqtt() -> tuple[Any, Any, Any, Any]:
             return True
 
     class Client(gmqtt.Client):  # type: ignore[misc]
+        #: the protocol it connects with (the tests drive its parser without a socket)
+        protocol_class = Protocol
         #: set by the session before connecting: where fast-path messages go
         deliver: Callable[..., None] | None = None
         #: set by the session: told (transport, protocol) before CONNECT goes out
