@@ -308,7 +308,32 @@ _COUNTERS = (
     "subscribe_refused",  # SUBACK failure codes
     "connect_failures",  # attempts that did not end connected
     "auth_failures",  # attempts refused for credentials/authorisation
+    "broker_disconnects",  # connections the broker ended (DISCONNECT or closing the socket)
+    "session_taken_over",  # ... because another client connected with our client id
 )
+
+#: MQTT 5 DISCONNECT reason codes a broker sends, in words
+_DISCONNECT_REASONS = {
+    0x00: "normal disconnection",
+    0x80: "unspecified error",
+    0x81: "malformed packet",
+    0x82: "protocol error",
+    0x83: "implementation specific error",
+    0x87: "not authorized",
+    0x89: "server busy",
+    0x8B: "server shutting down",
+    0x8D: "keep alive timeout",
+    0x8E: "session taken over",
+    0x93: "receive maximum exceeded",
+    0x94: "topic alias invalid",
+    0x95: "packet too large",
+    0x97: "quota exceeded",
+    0x98: "administrative action",
+    0x9C: "use another server",
+    0x9D: "server moved",
+    0x9F: "connection rate exceeded",
+}
+_TAKEN_OVER = 0x8E
 
 
 class _DemotedLog:
@@ -644,6 +669,8 @@ class _Owner(Protocol):
 
     def _on_lost(self, session: _GmqttSession, reason: str) -> None: ...
 
+    def _on_broker_disconnect(self, code: int | None) -> None: ...
+
 
 class _GmqttSession:
     """One connection attempt and, if it succeeds, its life until the socket closes.
@@ -752,10 +779,19 @@ class _GmqttSession:
         self._owner._on_suback(self, mid, tuple(codes))
 
     def _on_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
-        if not self.lost.is_set():
+        """The broker's DISCONNECT (MQTT 5: a reason code first), or gmqtt's empty stand-in
+        for a socket the broker closed."""
+        if self.lost.is_set():
+            return
+        code = packet[0] if isinstance(packet, bytes | bytearray) and packet else None
+        if code is None:
             self.lost_reason = "broker closed the connection"
-            self.lost.set()
-            self._owner._on_lost(self, self.lost_reason)
+        else:
+            what = _DISCONNECT_REASONS.get(code, "reason not known")
+            self.lost_reason = f"broker disconnected the client: {what} (0x{code:02X})"
+        self._owner._on_broker_disconnect(code)
+        self.lost.set()
+        self._owner._on_lost(self, self.lost_reason)
 
     # -- what the connection uses -------------------------------------------------------
     async def connect(self) -> None:
@@ -931,6 +967,7 @@ class MqttConnection:
         self._state_since = time.time()
         self._last_error: str | None = None
         self._connects = 0
+        self._last_disconnect_code: int | None = None  # the broker's last DISCONNECT reason
         self._burst = _Burst()
         self._closing = False
         self._runner: asyncio.Task[None] | None = None
@@ -1462,10 +1499,11 @@ class MqttConnection:
                     except TimeoutError:
                         self._stable()
                         await session.lost.wait()
-                    if time.monotonic() - up_at >= _STABLE_S:
+                    lasted = time.monotonic() - up_at
+                    if lasted >= _STABLE_S:
                         attempt = 0
                     if not self._closing:
-                        self._failed("lost", session.lost_reason)
+                        self._failed("lost", self._explain_loss(session.lost_reason, lasted))
             finally:
                 if self._session is not session:  # keep a live one for close()
                     await session.close(graceful=False, timeout=1.0)
@@ -1474,6 +1512,25 @@ class MqttConnection:
             delay = min(s.reconnect_max, s.reconnect_min * 2 ** min(attempt, 30))
             attempt += 1
             await asyncio.sleep(random.uniform(delay / 2, delay))
+
+    def _on_broker_disconnect(self, code: int | None) -> None:
+        self._counters["broker_disconnects"] += 1
+        self._counters["session_taken_over"] += code == _TAKEN_OVER
+        self._last_disconnect_code = code
+
+    def _explain_loss(self, reason: str, lasted: float) -> str:
+        """The loss reason, with what usually causes it when the broker ends a session
+        it has just accepted: a second client with the same id (two daemons with one
+        device id), which then take turns kicking each other out."""
+        if self._last_disconnect_code == _TAKEN_OVER:
+            self._last_disconnect_code = None
+            return f"{reason}: another client connected with client id {self.client_id!r}"
+        if reason == "broker closed the connection" and lasted < _STABLE_S:
+            return (
+                f"{reason} {lasted:.1f} s after accepting it (another client using client id "
+                f"{self.client_id!r}? the broker's ACL or limits?)"
+            )
+        return reason
 
     def _connected_on(self, session: _GmqttSession) -> None:
         self._session = session

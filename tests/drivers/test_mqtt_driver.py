@@ -678,3 +678,78 @@ async def test_broker_gone_is_noticed_at_once(broker: MosquittoBroker, protocol:
         await asyncio.sleep(0.1)
         await broker.astop(kill=True)
         await until(lambda: not conn.status()["connected"], timeout=3, what="the loss")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_two_clients_with_one_client_id_are_named_as_the_cause(
+    broker: MosquittoBroker, protocol: str
+) -> None:
+    """Another client connects with our client id (two daemons sharing a device id): the
+    broker kicks us at each of its reconnects. Counted, reported with the likely cause,
+    retried with backoff; once the other client is gone we are connected again."""
+    import paho.mqtt.client as paho
+
+    settings = fast(broker, client_id="twin", protocol=protocol)
+    async with MqttConnection("default", settings, device_id="d") as conn:
+        await conn.wait_connected(5)
+        version = paho.MQTTv5 if protocol == "5" else paho.MQTTv311
+        other = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="twin", protocol=version)
+        other.reconnect_delay_set(0.2, 0.2)
+        other.connect("127.0.0.1", broker.port)
+        other.loop_start()
+        try:
+            await until(lambda: conn.status()["counters"]["broker_disconnects"] >= 2, 10)
+            st = conn.status()
+            assert "client id 'twin'" in (st["last_error"] or "")
+            assert st["counters"]["connect_failures"] == 0  # each attempt was accepted
+        finally:
+            other.loop_stop()
+            other.disconnect()
+        await conn.wait_connected(5)
+        assert conn.status()["state"] == "connected"
+
+
+@pytest.mark.asyncio
+async def test_a_broker_disconnect_reason_code_is_reported() -> None:
+    """MQTT 5 brokers may say why they end a session (DISCONNECT with a reason code; the
+    mosquitto used here only closes the socket, so a scripted broker says it)."""
+    connects = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connects
+        first = await reader.readexactly(1)
+        assert first == b"\x10"
+        size = shift = 0
+        while True:
+            byte = (await reader.readexactly(1))[0]
+            size |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        await reader.readexactly(size)  # CONNECT body
+        connects += 1
+        writer.write(b"\x20\x03\x00\x00\x00")  # CONNACK: accepted, no properties
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.write(b"\xe0\x02\x8e\x00")  # DISCONNECT: session taken over
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = MqttSettings(
+        port=port, client_id="twin", birth=False, reconnect_min=0.05, reconnect_max=0.2
+    )
+    try:
+        async with MqttConnection("default", settings, device_id="d") as conn:
+            await until(lambda: conn.status()["counters"]["session_taken_over"] >= 2, 10)
+            st = conn.status()
+            assert st["last_error"] == (
+                "broker disconnected the client: session taken over (0x8E): another client "
+                "connected with client id 'twin'"
+            )
+            assert st["counters"]["broker_disconnects"] >= 2 and connects >= 2
+    finally:
+        server.close()
+        await server.wait_closed()
