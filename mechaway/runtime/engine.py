@@ -271,10 +271,12 @@ class RunningFlow:
         """Point every node's ``emit``/``room`` (and sink writers) at this plan."""
         self.block_rooms = tuple(s.room for s in self.sinks.values() if s.policy == "block")
         room = self.wait_room
+        # most flows have no ``block`` sink: their sources then ask a constant per message
+        blocked = self.is_blocked if self.block_rooms else _never_blocked
         for nid, node in self.instances.items():
             node.emit = self.routers[nid].emit
             node.room = room
-            node.blocked = self.is_blocked
+            node.blocked = blocked
             node.stats = self.stats[nid]
             if nid in self.sinks:
                 self.sinks[nid].router = self.routers[nid]
@@ -288,6 +290,10 @@ class RunningFlow:
         for s in self.sinks.values():
             if not s.room.is_set():
                 await s.room.wait()
+
+
+def _never_blocked() -> bool:
+    return False
 
 
 class Engine:
