@@ -278,6 +278,18 @@ def _resolve(fut: asyncio.Future[None] | None) -> None:
         fut.set_result(None)
 
 
+def _resolve_from_thread(
+    loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None], done: ThreadFuture[Any]
+) -> None:
+    """``done`` (a store write, on the writer thread) finished: resolve ``fut`` on its
+    loop if the write succeeded, else cancel it; nothing if the loop is gone."""
+    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+        if done.exception() is None:
+            loop.call_soon_threadsafe(_resolve, fut)
+        else:
+            loop.call_soon_threadsafe(fut.cancel)
+
+
 class _Refused(MechawayError):
     """CONNACK refused (library error re-raised); ``auth`` for bad credentials/not authorised."""
 
@@ -1041,10 +1053,18 @@ class MqttConnection:
         if self._handler_tasks:
             await asyncio.wait(self._handler_tasks, timeout=max(0.1, deadline - time.monotonic()))
         self._requeue_unacked()
+        loop = asyncio.get_running_loop()
         for out in self._retry:  # keep them for the next start (durable spools)
-            self._spool_append(out.topic, out.payload, out.qos, out.retain)
-            if out.confirmed is not None:
-                out.confirmed.cancel()  # whoever waited was a handler, cancelled above
+            waiting = out.confirmed
+            stored = self._spool_append(
+                out.topic, out.payload, out.qos, out.retain, durable=waiting is not None
+            )
+            if waiting is None:
+                continue
+            if stored is None:  # dropped by the bound (counted), or a memory spool
+                waiting.cancel()
+            else:  # a source on another connection may still PUBACK it: once on disk
+                stored.add_done_callback(functools.partial(_resolve_from_thread, loop, waiting))
         self._retry.clear()
         self._connected.clear()
         for fut in self._suback_waiters.values():

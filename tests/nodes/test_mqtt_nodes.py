@@ -442,6 +442,25 @@ async def test_qos1_relay_acks_upstream_only_once_the_far_side_has_it(
         await far.astart()
         await until(lambda: len(inbox.got) == 3)
         assert [orjson.loads(m.payload)["n"] for m in inbox.got] == [1, 2, 3]
+
+        # the far connection closes (daemon shutdown) with n=4 still unacknowledged: it
+        # goes to the spool, and the input's PUBACK waits for that copy's fsync
+        await until(lambda: conns["far"].connected)
+        os.kill(far.pid, signal.SIGSTOP)
+        try:
+            pub.publish("relay/in", b'{"n": 4}', qos=1)
+            await until(lambda: relayed() == 4 and held() == 1)
+            stall = threading.Event()
+            db.submit(lambda conn: stall.wait(10))
+            await conns["far"].close(timeout=0.3)
+            await asyncio.sleep(0.2)
+            assert held() == 1, "PUBACKed upstream before the spooled copy was on disk"
+            stall.set()
+            await until(lambda: held() == 0)
+            rows = db.read("SELECT payload FROM mqtt_spool WHERE conn = 'far' ORDER BY id")
+            assert [orjson.loads(r[0])["n"] for r in rows] == [4]
+        finally:
+            os.kill(far.pid, signal.SIGCONT)
     finally:
         await engine.stop()
         for c in [*conns.values(), pub, watcher]:
