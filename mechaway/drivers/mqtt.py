@@ -284,7 +284,7 @@ def _resolve_from_thread(
     """``done`` (a store write, on the writer thread) finished: resolve ``fut`` on its
     loop if the write succeeded, else cancel it; nothing if the loop is gone."""
     with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-        if done.exception() is None:
+        if not done.cancelled() and done.exception() is None:
             loop.call_soon_threadsafe(_resolve, fut)
         else:
             loop.call_soon_threadsafe(fut.cancel)
