@@ -980,6 +980,7 @@ class MqttConnection:
         self._last_error: str | None = None
         self._connects = 0
         self._last_disconnect_code: int | None = None  # the broker's last DISCONNECT reason
+        self._up_at = 0.0  # when the current session was accepted (monotonic)
         self._burst = _Burst()
         self._closing = False
         self._runner: asyncio.Task[None] | None = None
@@ -1474,6 +1475,9 @@ class MqttConnection:
     def _on_lost(self, session: _GmqttSession, reason: str) -> None:
         if session is not self._session:
             return
+        # explained once, here, so the status and the burst log say the same thing
+        reason = self._explain_loss(reason, time.monotonic() - self._up_at)
+        session.lost_reason = reason
         self._session = None
         self._connected.clear()
         self._requeue_unacked()
@@ -1519,11 +1523,10 @@ class MqttConnection:
                     except TimeoutError:
                         self._stable()
                         await session.lost.wait()
-                    lasted = time.monotonic() - up_at
-                    if lasted >= _STABLE_S:
+                    if time.monotonic() - up_at >= _STABLE_S:
                         attempt = 0
                     if not self._closing:
-                        self._failed("lost", self._explain_loss(session.lost_reason, lasted))
+                        self._failed("lost", session.lost_reason)
             finally:
                 if self._session is not session:  # keep a live one for close()
                     await session.close(graceful=False, timeout=1.0)
@@ -1554,6 +1557,7 @@ class MqttConnection:
 
     def _connected_on(self, session: _GmqttSession) -> None:
         self._session = session
+        self._up_at = time.monotonic()
         self._connects += 1
         window = self.settings.max_inflight
         if session.receive_maximum:
