@@ -346,6 +346,21 @@ async def test_qos1_puback_waits_for_the_outbox_commit(
         await db.close()
 
 
+#: QoS 1 in on the default connection, QoS 1 out on the ``far`` one
+RELAY = {
+    "id": "relay",
+    "nodes": [
+        {"id": "in", "type": "MQTTInNode", "params": {"topic": "relay/in", "qos": 1}},
+        {
+            "id": "out",
+            "type": "MQTTOutNode",
+            "params": {"connection": "far", "topic": "relay/out", "qos": 1},
+        },
+    ],
+    "edges": [{"from": "in", "to": "out"}],
+}
+
+
 @pytest.mark.asyncio
 async def test_qos1_relay_acks_upstream_only_once_the_far_side_has_it(
     broker: MosquittoBroker, tmp_path: Path
@@ -379,18 +394,6 @@ async def test_qos1_relay_acks_upstream_only_once_the_far_side_has_it(
         return conns[name]
 
     engine = Engine(Services(store=db, data_dir=tmp_path, connections={"mqtt": get}))
-    doc = {
-        "id": "relay",
-        "nodes": [
-            {"id": "in", "type": "MQTTInNode", "params": {"topic": "relay/in", "qos": 1}},
-            {
-                "id": "out",
-                "type": "MQTTOutNode",
-                "params": {"connection": "far", "topic": "relay/out", "qos": 1},
-            },
-        ],
-        "edges": [{"from": "in", "to": "out"}],
-    }
     pub = MqttConnection("pub", fast(broker, birth=False), device_id="pub")
     watch_settings = fast(far, birth=False, clean_session=False, client_id="relay-watch")
     watcher = MqttConnection("watch", watch_settings, device_id="watch")
@@ -408,7 +411,7 @@ async def test_qos1_relay_acks_upstream_only_once_the_far_side_has_it(
         return int(engine.status()["relay"]["nodes"]["in"]["out"])
 
     try:
-        await engine.deploy(validate(doc))
+        await engine.deploy(validate(RELAY))
         await asyncio.sleep(0.3)
         pub.publish("relay/in", b'{"n": 1}', qos=1)
         await until(lambda: len(inbox.got) == 1 and held() == 0)
@@ -512,19 +515,7 @@ def test_relay_killed_again_and_again_loses_nothing(tmp_path: Path) -> None:
         )
         daemon = DaemonProc(tmp_path, config=config)
         daemon.start()
-        relay = {
-            "id": "relay",
-            "nodes": [
-                {"id": "in", "type": "MQTTInNode", "params": {"topic": "relay/in", "qos": 1}},
-                {
-                    "id": "out",
-                    "type": "MQTTOutNode",
-                    "params": {"connection": "far", "topic": "relay/out", "qos": 1},
-                },
-            ],
-            "edges": [{"from": "in", "to": "out"}],
-        }
-        (daemon.flows / "relay.json").write_text(json.dumps(relay))
+        (daemon.flows / "relay.json").write_text(json.dumps(RELAY))
         wait_for(lambda: daemon.get("/status")["flows"].get("relay") is not None)
 
         def far_spooled() -> int:
