@@ -237,7 +237,7 @@ def _payloads(sock: socket.socket) -> Iterator[tuple[int, bytes, bytes]]:
 def role_pace(port: int, rate: float, n: int, floor_topic: str = "") -> None:
     """Publish n messages on bench/in at ``rate``/s; ``t`` is CLOCK_MONOTONIC ns just before
     the send. With ``floor_topic``, a second message goes to that topic half a period after
-    each one (same payload shape, its own ``seq``): the paired floor, sampled in the same
+    each one (same payload shape, same ``seq``): the paired floor, sampled in the same
     seconds as the end-to-end run."""
     sock = mc._raw_connect(port, f"bench-pace-{os.getpid()}")
     period = 1e9 / rate
