@@ -278,16 +278,12 @@ def _resolve(fut: asyncio.Future[None] | None) -> None:
         fut.set_result(None)
 
 
-def _resolve_from_thread(
-    loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None], done: ThreadFuture[Any]
-) -> None:
-    """``done`` (a store write, on the writer thread) finished: resolve ``fut`` on its
-    loop if the write succeeded, else cancel it; nothing if the loop is gone."""
-    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-        if not done.cancelled() and done.exception() is None:
-            loop.call_soon_threadsafe(_resolve, fut)
-        else:
-            loop.call_soon_threadsafe(fut.cancel)
+def _settle_after(fut: asyncio.Future[None], done: asyncio.Future[Any]) -> None:
+    """``done`` (a store write) finished: resolve ``fut`` if it succeeded, else cancel it."""
+    if not done.cancelled() and done.exception() is None:
+        _resolve(fut)
+    else:
+        fut.cancel()
 
 
 class _Refused(MechawayError):
@@ -710,6 +706,7 @@ class _GmqttSession:
         self._ssl = ssl_ctx
         self.lost = asyncio.Event()
         self.lost_reason = ""
+        self.disconnect_code: int | None = None  # the broker's DISCONNECT reason, if it gave one
         self.receive_maximum: int | None = None
         #: MQTT 5 subscription identifiers: a message says which subscription it is for
         self.sub_ids = settings.protocol == "5"
@@ -801,6 +798,7 @@ class _GmqttSession:
         else:
             what = _DISCONNECT_REASONS.get(code, "reason not known")
             self.lost_reason = f"broker disconnected the client: {what} (0x{code:02X})"
+        self.disconnect_code = code
         self._owner._on_broker_disconnect(code)
         self.lost.set()
         self._owner._on_lost(self, self.lost_reason)
@@ -979,7 +977,6 @@ class MqttConnection:
         self._state_since = time.time()
         self._last_error: str | None = None
         self._connects = 0
-        self._last_disconnect_code: int | None = None  # the broker's last DISCONNECT reason
         self._up_at = 0.0  # when the current session was accepted (monotonic)
         self._burst = _Burst()
         self._closing = False
@@ -1054,7 +1051,6 @@ class MqttConnection:
         if self._handler_tasks:
             await asyncio.wait(self._handler_tasks, timeout=max(0.1, deadline - time.monotonic()))
         self._requeue_unacked()
-        loop = asyncio.get_running_loop()
         for out in self._retry:  # keep them for the next start (durable spools)
             waiting = out.confirmed
             stored = self._spool_append(
@@ -1065,7 +1061,8 @@ class MqttConnection:
             if stored is None:  # dropped by the bound (counted), or a memory spool
                 waiting.cancel()
             else:  # a source on another connection may still PUBACK it: once on disk
-                stored.add_done_callback(functools.partial(_resolve_from_thread, loop, waiting))
+                on_disk = asyncio.wrap_future(stored)
+                on_disk.add_done_callback(functools.partial(_settle_after, waiting))
         self._retry.clear()
         self._connected.clear()
         for fut in self._suback_waiters.values():
@@ -1476,7 +1473,7 @@ class MqttConnection:
         if session is not self._session:
             return
         # explained once, here, so the status and the burst log say the same thing
-        reason = self._explain_loss(reason, time.monotonic() - self._up_at)
+        reason = self._explain_loss(session, reason, time.monotonic() - self._up_at)
         session.lost_reason = reason
         self._session = None
         self._connected.clear()
@@ -1539,14 +1536,12 @@ class MqttConnection:
     def _on_broker_disconnect(self, code: int | None) -> None:
         self._counters["broker_disconnects"] += 1
         self._counters["session_taken_over"] += code == _TAKEN_OVER
-        self._last_disconnect_code = code
 
-    def _explain_loss(self, reason: str, lasted: float) -> str:
+    def _explain_loss(self, session: _GmqttSession, reason: str, lasted: float) -> str:
         """The loss reason, with what usually causes it when the broker ends a session
         it has just accepted: a second client with the same id (two daemons with one
         device id), which then take turns kicking each other out."""
-        if self._last_disconnect_code == _TAKEN_OVER:
-            self._last_disconnect_code = None
+        if session.disconnect_code == _TAKEN_OVER:
             return f"{reason}: another client connected with client id {self.client_id!r}"
         if reason == "broker closed the connection" and lasted < _STABLE_S:
             return (
