@@ -180,9 +180,12 @@ class MemorySpool:
 # ---------------------------------------------------------------------------------------
 # Public value types
 # ---------------------------------------------------------------------------------------
-@dataclass(slots=True)
-class Incoming:
-    """One received message, as handed to subscription handlers."""
+class Incoming(msgspec.Struct, gc=False):
+    """One received message, as handed to subscription handlers.
+
+    A msgspec Struct rather than a dataclass: it is built once per message on the hot
+    path, and its constructor runs in C (a dataclass's ``__init__`` is one more Python
+    frame, which costs microseconds when each message arrives to cold caches)."""
 
     topic: str
     payload: bytes
@@ -471,17 +474,6 @@ def _gmqtt() -> tuple[Any, Any, Any, Any]:
                 self._flush_due = True
                 self._wloop.call_soon(self.flush)
 
-        def cork3(self, head: bytes, topic: bytes, payload: bytes) -> None:
-            out = self.out
-            out += head
-            out += topic
-            out += payload
-            if len(out) >= _CORK_BYTES:
-                self.flush()
-            elif not self._flush_due and not self._reading and self._wloop is not None:
-                self._flush_due = True
-                self._wloop.call_soon(self.flush)
-
         def flush(self) -> None:
             self._flush_due = False
             data = self.out
@@ -502,54 +494,57 @@ def _gmqtt() -> tuple[Any, Any, Any, Any]:
 
         # -- reading ----------------------------------------------------------------
         def data_received(self, data: bytes) -> None:
+            """Frame every complete packet of this read; PUBLISH goes to ``_publish``.
+
+            The framing loop is inline (it was a method of its own): at a few hundred
+            messages a second each message arrives to cold caches, where every Python
+            call on its path costs a microsecond or two."""
             conn = self._connection
-            if conn is None or conn._handler.current_connection is not conn:
+            # (``_connection`` is what gmqtt's ``current_connection`` property returns)
+            if conn is None or conn._handler._connection is not conn:
                 return  # superseded (gmqtt drops those too); the broker speaks after CONNECT
             conn._last_data_in = monotonic()
             buf = self._rx + data if self._rx else data
+            pos, end = 0, len(buf)
             self._reading = True
             try:
-                used = self._frames(buf, conn)
+                while end - pos >= 2:
+                    first = buf[pos]
+                    size = buf[pos + 1]
+                    i = pos + 2
+                    if size & 0x80:
+                        size &= 0x7F
+                        shift = 7
+                        while i < end:
+                            byte = buf[i]
+                            i += 1
+                            size |= (byte & 0x7F) << shift
+                            if not byte & 0x80:
+                                break
+                            shift += 7
+                            if shift > 21:
+                                break
+                        else:
+                            break  # the length itself is cut: wait for the rest
+                        if shift > 21:
+                            pos = -1  # a length of more than four bytes
+                            break
+                    stop = i + size
+                    if stop > end:
+                        break
+                    if first & 0xF0 != 0x30 or not self._publish(first, buf, i, stop):
+                        conn.put_package(Package(first, buf[i:stop]))
+                    pos = stop
             finally:
                 self._reading = False
                 if self.out:
                     self.flush()
-            if used < 0:
+            if pos < 0:
                 self._rx = b""
                 if self._transport is not None:
                     self._transport.abort()  # malformed framing: nothing after it can be read
                 return
-            self._rx = buf[used:] if used < len(buf) else b""
-
-        def _frames(self, buf: bytes, conn: Any) -> int:
-            """Handle each complete packet in ``buf``; returns the bytes used (-1: malformed)."""
-            pos, end = 0, len(buf)
-            while end - pos >= 2:
-                first = buf[pos]
-                i = pos + 1
-                size = buf[i]
-                i += 1
-                if size & 0x80:
-                    size &= 0x7F
-                    shift = 7
-                    while True:
-                        if i >= end:
-                            return pos
-                        byte = buf[i]
-                        i += 1
-                        size |= (byte & 0x7F) << shift
-                        if not byte & 0x80:
-                            break
-                        shift += 7
-                        if shift > 21:
-                            return -1
-                stop = i + size
-                if stop > end:
-                    return pos
-                if first & 0xF0 != 0x30 or not self._publish(first, buf, i, stop):
-                    conn.put_package(Package(first, buf[i:stop]))
-                pos = stop
-            return pos
+            self._rx = buf[pos:] if pos < end else b""
 
         def _publish(self, first: int, buf: bytes, i: int, stop: int) -> bool:
             """Decode and deliver one PUBLISH (``buf[i:stop]`` is its body); False leaves it
@@ -853,9 +848,8 @@ class _GmqttSession:
         sock = self._transport.get_extra_info("socket") if self._transport else None
         return bool(sock is not None and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> int | None:
-        """Write a PUBLISH (corked); returns its packet id for QoS>=1 (acked through
-        ``_on_ack``: gmqtt's id allocator and in-flight store see it as their own)."""
+    def _encoded_topic(self, topic: str) -> tuple[bytes, bytes]:
+        """(length-prefixed topic, the same + QoS 0's empty property block), cached."""
         enc = self._topics.get(topic)
         if enc is None:
             raw = topic.encode("utf-8", "replace")
@@ -864,10 +858,39 @@ class _GmqttSession:
             if len(self._topics) >= _ROUTE_CACHE_MAX:
                 self._topics.clear()
             self._topics[topic] = enc
+        return enc
+
+    def publish_qos0(self, topic: str, payload: bytes, retain: bool, max_buffered: int) -> bool:
+        """Write a QoS 0 PUBLISH (corked) unless more than ``max_buffered`` bytes already
+        wait to be sent (then False, nothing written).
+
+        The whole QoS 0 hot path in one call (it was four: the buffer check, the packet,
+        its header, the cork): with messages arriving to cold caches every Python call
+        costs a microsecond or two."""
+        proto = self._proto
+        out = proto.out
+        t = self._transport
+        if t is not None and t.get_write_buffer_size() + len(out) > max_buffered:
+            return False
+        enc = self._topics.get(topic) or self._encoded_topic(topic)
+        size = len(enc[1]) + len(payload)
+        out += bytes((0x30 | retain, size)) if size < 0x80 else _fixed_header(0x30 | retain, size)
+        out += enc[1]
+        out += payload
+        if len(out) >= _CORK_BYTES:
+            proto.flush()
+        elif not proto._flush_due and not proto._reading and proto._wloop is not None:
+            proto._flush_due = True
+            proto._wloop.call_soon(proto.flush)
+        return True
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> int | None:
+        """Write a PUBLISH (corked); returns its packet id for QoS>=1 (acked through
+        ``_on_ack``: gmqtt's id allocator and in-flight store see it as their own)."""
+        enc = self._topics.get(topic) or self._encoded_topic(topic)
         if not qos:
             size = len(enc[1]) + len(payload)
-            head = _fixed_header(0x30 | retain, size)
-            self._proto.cork3(head, enc[1], payload)
+            self._proto.cork(_fixed_header(0x30 | retain, size) + enc[1] + payload)
             return None
         mid: int = self._ids.next_id()
         props = b"\0" if self._v5 else b""
@@ -1210,7 +1233,12 @@ class MqttConnection:
             )
             self._ack(session, entry)
             return
-        handlers = self._handlers_for(topic, sub_ids)
+        if not sub_ids:
+            handlers = self._routes.get(topic) or self._route(topic)
+        elif len(sub_ids) == 1:
+            handlers = self._id_handlers.get(sub_ids[0], ())
+        else:
+            handlers = self._handlers_for(topic, sub_ids)
         if not handlers:
             counters["unrouted"] += 1
             self._ack(session, entry)
@@ -1333,14 +1361,16 @@ class MqttConnection:
         session = self._session
         if qos == 0:
             if session is not None:
-                if session.write_buffer_size() > self.settings.max_write_buffer_bytes:
-                    self._counters["qos0_dropped_backpressure"] += 1
-                    return None
                 try:
-                    session.publish(topic, payload, 0, retain)
+                    written = session.publish_qos0(
+                        topic, payload, retain, self.settings.max_write_buffer_bytes
+                    )
                 except Exception as err:
                     session.abort(f"publish failed: {err!r}")
                     self._counters["qos0_dropped_offline"] += 1
+                    return None
+                if not written:
+                    self._counters["qos0_dropped_backpressure"] += 1
                     return None
                 self._counters["tx"] += 1
             elif self.settings.offline_qos0 == "queue":

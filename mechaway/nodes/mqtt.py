@@ -20,7 +20,7 @@ from mechaway.nodes.base import (
     receipt,
     split_path,
 )
-from mechaway.nodes.codec import DECODERS, ENCODERS, Codec
+from mechaway.nodes.codec import DECODERS, ENCODERS, Codec, describe
 from mechaway.nodes.registry import register_node
 
 _TEMPLATE_RE = re.compile(r"\{([^{}]+)\}")
@@ -71,7 +71,8 @@ class MQTTInNode(SourceNode):
     def _on_message(self, m: Any) -> Awaitable[None] | None:
         try:
             payload = self._decode(m.payload)
-        except ValueError as err:
+        except ValueError as exc:
+            err = describe(exc)
             self.decode_errors += 1
             st = self.stats
             st.errors += 1
@@ -83,7 +84,7 @@ class MQTTInNode(SourceNode):
                     "payload": DECODERS["bytes"](m.payload),
                     "topic": m.topic,
                     "ts": time.time(),
-                    "error": {"node": self.id, "type": "DecodeError", "message": str(err)},
+                    "error": {"node": self.id, "type": "DecodeError", "message": err},
                 },
                 "error",
             )
@@ -183,7 +184,12 @@ class MQTTOutNode(Node):
     def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
         super().__init__(node_id, params, ctx)
         self._topic = compile_topic(params.topic)
+        #: a topic without fields, checked by the params: no rendering, no check per message
+        self._fixed = params.topic if not _TEMPLATE_RE.search(params.topic) else None
         self._keys = split_path(params.property)
+        #: the usual ``property``: one key (``payload``), read without get_path
+        key = self._keys[0] if len(self._keys) == 1 else None
+        self._key: str | None = key if isinstance(key, str) else None
         self._encode = ENCODERS[params.encode]
         self._qos = params.qos
         self._retain = params.retain
@@ -193,10 +199,16 @@ class MQTTOutNode(Node):
         self._conn = await self.ctx.services.connection("mqtt", self.params.connection)
 
     def process(self, msg: Message) -> Result:
-        topic = self._topic(msg)
-        if not topic or "+" in topic or "#" in topic:
-            raise ValueError(f"bad publish topic {topic!r}")
-        payload = self._encode(get_path(msg, self._keys) if self._keys else msg)
+        topic = self._fixed
+        if topic is None:
+            topic = self._topic(msg)
+            if not topic or "+" in topic or "#" in topic:
+                raise ValueError(f"bad publish topic {topic!r}")
+        key = self._key
+        if key is not None:
+            payload = self._encode(msg.get(key) if type(msg) is dict else get_path(msg, self._keys))
+        else:
+            payload = self._encode(get_path(msg, self._keys) if self._keys else msg)
         if self._qos and collecting():
             # a QoS 1/2 source upstream holds its PUBACK until this one is safe too
             safe = self._conn.publish(topic, payload, self._qos, self._retain, confirm=True)

@@ -94,6 +94,7 @@ def make_dispatch(node: Node, router: Router) -> Dispatch:
     process = node.process
     st = router.stats
     out = router.out
+    ports = router.ports
     route = router.route
     fail = router.fail
 
@@ -110,6 +111,17 @@ def make_dispatch(node: Node, router: Router) -> Dispatch:
             st.out += 1
             for d in out:
                 d(r)
+        elif type(r) is list and len(r) == 1 and type(r[0]) is tuple and len(r[0]) == 2:
+            # a router's usual answer, one (port, message) pair, is routed here rather
+            # than by ``route`` and ``emit``: two Python calls less per message, which
+            # count when messages arrive to cold caches
+            port, m = r[0]
+            if type(m) is dict and type(port) is str:
+                st.out += 1
+                for d in out if port == "out" else ports.get(port, ()):
+                    d(m)
+            else:
+                route(r, msg)
         else:
             route(r, msg)
 
@@ -292,8 +304,9 @@ class RunningFlow:
                 await s.room.wait()
 
 
-def _never_blocked() -> bool:
-    return False
+#: what sources of a flow without ``block`` sinks ask per message: ``bool()`` is False,
+#: and a C call costs no Python frame
+_never_blocked: Callable[[], bool] = bool
 
 
 class Engine:

@@ -94,6 +94,28 @@ class BadResultNode(Node):
         return [("out",)]  # type: ignore[list-item]
 
 
+@register_node("CoreTestPairNode")
+class PairNode(Node):
+    """Returns the result its message asks for: ``payload`` names a shape below."""
+
+    ports: ClassVar[tuple[str, ...]] = ("out", "alt")
+
+    def process(self, msg: Message) -> Result:
+        out = {"payload": msg["payload"]}
+        shape = msg["payload"]
+        results: dict[str, Any] = {
+            "tuple-out": [("out", out)],
+            "tuple-alt": [("alt", out)],
+            "list-alt": [["alt", out]],  # a pair as a list (what a Lua table becomes)
+            "two": [("out", out), ("alt", out)],
+            "bad-message": [("alt", "not a message")],
+            "bad-port": [(1, out)],
+            "short": [("out",)],
+        }
+        result: Result = results[shape]
+        return result
+
+
 @pytest.fixture(autouse=True)
 def _clear_events() -> None:
     EVENTS.clear()
@@ -604,3 +626,27 @@ async def test_drop_oldest_never_evicts_the_message_being_written() -> None:
     assert payloads("ov", "sink_out") == [1, 4, 5]
     assert stats(engine, "ov", "sink_out")["dropped"] == 2
     await engine.stop()
+
+
+@pytest.mark.asyncio
+async def test_pair_results_route_alike_on_every_path(engine: Engine) -> None:
+    """One (port, message) tuple is routed inline by the dispatcher; lists of pairs in
+    other shapes go through Router.route: both must route, count and refuse alike."""
+    raw = doc(
+        "f",
+        [IDLE_SOURCE, node("pair", "CoreTestPairNode"), node("o", "CollectNode"),
+         node("a", "CollectNode")],
+        [edge("src", "pair"), edge("pair", "o"), edge("pair", "a", port="alt")],
+    )  # fmt: skip
+    await deploy(engine, raw)
+    shapes = ["tuple-out", "tuple-alt", "list-alt", "two", "bad-message", "bad-port", "short"]
+    for shape in shapes:
+        engine.inject("f", "pair", m(shape))
+    await settle(engine, "f")
+    assert payloads("f", "o") == ["tuple-out", "two"]
+    assert payloads("f", "a") == ["tuple-alt", "list-alt", "two"]
+    st = stats(engine, "f", "pair")
+    assert st["in"] == len(shapes)
+    assert st["out"] == 5
+    assert st["errors"] == 3
+    assert "bad result from process()" in st["last_error"]

@@ -19,7 +19,7 @@ from mechaway.drivers.mqtt import Incoming, _gmqtt
 
 class FakeHandler:
     def __init__(self) -> None:
-        self.current_connection: Any = None
+        self._connection: Any = None  # gmqtt's handler attribute the protocol checks
 
 
 class FakeConnection:
@@ -27,7 +27,7 @@ class FakeConnection:
 
     def __init__(self, events: list[tuple[Any, ...]]) -> None:
         self._handler = FakeHandler()
-        self._handler.current_connection = self
+        self._handler._connection = self
         self._last_data_in = 0.0
         self._last_data_out = 0.0
         self.events = events
