@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal
 import msgspec
 
 from mechaway.nodes.base import Message, Node, NodeParams, Result, get_path, split_path
-from mechaway.nodes.conditions import Condition, compile_condition
+from mechaway.nodes.conditions import Condition, Predicate, compile_condition
 from mechaway.nodes.registry import register_node
 
 Getter = Callable[[Any], Any]
@@ -176,16 +176,35 @@ class RouteNode(Node):
 
     def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
         super().__init__(node_id, params, ctx)
-        self._rules = tuple((compile_condition(r), r.port) for r in params.rules)
+        rules: list[Rule] = params.rules
         self._first = params.mode == "first"
+        #: ``first`` mode: the rules before the first ``else`` (nothing after it is tried)
+        #: and that ``else``'s port (it always matches: no call needed)
+        self._rules: tuple[tuple[Predicate, str], ...] = ()
+        self._else: str | None = None
+        #: ``all`` mode: every rule, an ``else`` with None for its predicate
+        self._every: tuple[tuple[Predicate | None, str], ...] = ()
+        if self._first:
+            cut = next((i for i, r in enumerate(rules) if r.op == "else"), len(rules))
+            self._rules = tuple((compile_condition(r), r.port) for r in rules[:cut])
+            self._else = rules[cut].port if cut < len(rules) else None
+        else:
+            self._every = tuple(
+                (None if r.op == "else" else compile_condition(r), r.port) for r in rules
+            )
 
     def process(self, msg: Message) -> Result:
+        # loops, not comprehensions: on Python 3.11 a comprehension is one more call
         if self._first:
             for pred, port in self._rules:
                 if pred(msg):
                     return [(port, msg)]
-            return None
-        return [(port, msg) for pred, port in self._rules if pred(msg)] or None
+            return None if self._else is None else [(self._else, msg)]
+        out: list[tuple[str, Message]] = []
+        for maybe, port in self._every:
+            if maybe is None or maybe(msg):
+                out.append((port, msg))
+        return out or None
 
 
 class FilterParams(Condition, NodeParams):
@@ -263,6 +282,48 @@ def _delete(msg: dict[str, Any], keys: tuple[str | int, ...]) -> None:
         del parent[last]
 
 
+_ABSENT = object()
+
+#: rules ChangeNode.process runs in its own body: set (a value) or delete one or two keys
+_SET1, _DELETE1, _SET2, _DELETE2 = range(4)
+#: any other rule (``from``, ``move``, a longer path) goes through ``_apply_rule``
+_GENERIC = 4
+GenericRule = tuple[str, tuple[str | int, ...], tuple[str | int, ...] | None, Any]
+
+
+def _generic_rule(r: ChangeRule) -> GenericRule:
+    """``(op, keys, from keys or None, value)``: a rule as ``_apply_rule`` takes it."""
+    return (r.op, split_path(r.path), split_path(r.from_) if r.from_ else None, r.value)
+
+
+def _apply_rule(
+    out: Message,
+    op: str,
+    keys: tuple[str | int, ...],
+    src: tuple[str | int, ...] | None,
+    value: Any,
+) -> None:
+    """Apply one rule to ``out`` (a copy of the message), copying what it changes."""
+    if op == "set":
+        _set(out, keys, get_path(out, src) if src else value)
+    elif op == "delete":
+        _delete(out, keys)
+    else:
+        assert src is not None
+        v = get_path(out, src, _ABSENT)
+        if v is not _ABSENT:
+            _delete(out, src)
+            _set(out, keys, v)
+
+
+def _apply_rules_generic(msg: Message, rules: tuple[GenericRule, ...]) -> Message:
+    """Every rule through ``_apply_rule`` (the reference ``ChangeNode.process`` agrees with)."""
+    out = dict(msg)
+    for rule in rules:
+        _apply_rule(out, *rule)
+    return out
+
+
 @register_node("ChangeNode")
 class ChangeNode(Node):
     """Set, delete or move message fields (copy-on-write: the input is never mutated)."""
@@ -271,28 +332,60 @@ class ChangeNode(Node):
 
     def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
         super().__init__(node_id, params, ctx)
-        self._rules = tuple(
-            (r.op, split_path(r.path), split_path(r.from_) if r.from_ else None, r.value)
-            for r in params.rules
-        )
+        steps: list[tuple[int, Any, Any, Any, GenericRule]] = []
+        for r in params.rules:
+            rule = _generic_rule(r)
+            op, keys, src, value = rule
+            if op == "delete" and len(keys) <= 2:
+                kind = _DELETE1 if len(keys) == 1 else _DELETE2
+            elif op == "set" and not src and len(keys) <= 2:
+                kind = _SET1 if len(keys) == 1 else _SET2
+            else:
+                kind = _GENERIC
+            steps.append((kind, keys[0], keys[-1], value, rule))
+        self._steps = tuple(steps)
 
     def process(self, msg: Message) -> Result:
+        """The rules on a copy of ``msg``, in one call for the common rules.
+
+        Each Python call costs ~2 µs with cold caches on the per-message path, so
+        set/delete on paths of one or two keys run here rather than through ``_apply_rule``
+        (which they agree with exactly), and the container at a path's first key is copied
+        once per message rather than once per rule.
+        """
         out = dict(msg)
-        for op, keys, src, value in self._rules:
-            if op == "set":
-                _set(out, keys, get_path(out, src) if src else value)
-            elif op == "delete":
-                _delete(out, keys)
-            else:
-                assert src is not None
-                v = get_path(out, src, _ABSENT)
-                if v is not _ABSENT:
-                    _delete(out, src)
-                    _set(out, keys, v)
+        mine: dict[str | int, Any] = {}  # first key -> the container this call put there
+        for kind, k1, k2, value, rule in self._steps:
+            if kind == _SET1:
+                out[k1] = value
+            elif kind == _DELETE1:
+                out.pop(k1, None)
+            elif kind == _GENERIC:
+                _apply_rule(out, *rule)
+                mine.clear()  # a ``from`` may have put one of them in a second place
+            else:  # _SET2, _DELETE2: what ``_copy_to`` does for one level, then the change
+                c = out.get(k1)
+                if mine.get(k1, _ABSENT) is not c:
+                    if isinstance(c, dict):
+                        c = dict(c)
+                    elif isinstance(c, list):
+                        c = list(c)
+                    elif c is None:
+                        c = {}
+                    else:
+                        continue  # a path through a scalar changes nothing
+                    out[k1] = mine[k1] = c
+                if isinstance(c, dict):
+                    if kind == _SET2:
+                        c[k2] = value
+                    else:
+                        c.pop(k2, None)
+                elif isinstance(k2, int) and -len(c) <= k2 < len(c):
+                    if kind == _SET2:
+                        c[k2] = value
+                    else:
+                        del c[k2]
         return out
-
-
-_ABSENT = object()
 
 
 class DeadbandParams(NodeParams):
