@@ -37,11 +37,13 @@ engine: what the broker and the clients can do on this machine.
 - RSS: ``rss_idle_mb`` is VmRSS once the flow has passed a probe message, before any API
   call (the API imports aiohttp at its first request); ``rss_peak_mb`` is VmHWM after the
   flood, read before the API is touched. ``start_to_ready_s``: spawn to sd_notify READY=1.
-- references (``--reference c,raw,gmqtt``, the default): the same measurements with a
+- references (``--reference c,raw,uvloop,gmqtt``, the default): the same measurements with a
   bare loop in place of the daemon, keys ``ref_<name>_*``. ``c``: ``ref_forward.c``,
   blocking sockets in C, built with ``cc`` at the start (what the extra broker pass and
   process wake-up cost by themselves); ``raw``: the same loop in Python (orjson +
   threshold, no event loop, no library: what CPython itself costs per woken message);
+  ``uvloop``: the same in one uvloop ``Protocol.data_received`` (the floor under any
+  engine built on asyncio callbacks, as the daemon is);
   ``gmqtt``: ``mqtt_clients.py``'s gmqtt callback loop on uvloop (MQTT 3.1.1);
   ``mechaway_driver``: the same through ``mechaway.drivers.mqtt``.
 
@@ -51,7 +53,7 @@ issue-3 targets this run missed. Diagnostics: ``*_flood_out_sink_dropped`` (MQTT
 queue overflow), ``*_driver_drops`` (driver counters), ``*_broker_cpu_us_per_msg``.
 
     python benchmarks/mqtt_e2e.py [--variant builtin|lua|both] [--messages 50000]
-        [--rate 500] [--duration 10] [--reference c,raw,gmqtt,mechaway_driver|'']
+        [--rate 500] [--duration 10] [--reference c,raw,uvloop,gmqtt,mechaway_driver|'']
         [--out-queue-size N] [--profile DIR]
 
 ``--out-queue-size`` sets the MQTTOutNode's ``queue_size`` (default: the node's own);
@@ -325,6 +327,60 @@ def role_forward(port: int) -> None:
     print(json.dumps({"handled": handled}), flush=True)
 
 
+def role_uvforward(port: int) -> None:
+    """The least an event-loop engine can be: one uvloop ``Protocol`` whose
+    ``data_received`` frames PUBLISH packets, applies the threshold and writes; no
+    library, no engine. The floor under anything built on asyncio callbacks."""
+    import asyncio
+
+    import uvloop
+
+    handled = 0
+
+    class Forward(asyncio.Protocol):
+        rx = b""
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: Any = transport
+
+        def data_received(self, data: bytes) -> None:
+            nonlocal handled
+            buf = self.rx + data if self.rx else data
+            pos, end = 0, len(buf)
+            while end - pos >= 2:
+                size, i, shift = 0, pos + 1, 0
+                while i < end:  # the remaining length
+                    size |= (buf[i] & 0x7F) << shift
+                    shift += 7
+                    i += 1
+                    if not buf[i - 1] & 0x80:
+                        break
+                else:
+                    break
+                if i + size > end:
+                    break
+                if buf[pos] & 0xF0 == 0x30:  # QoS 0 PUBLISH: topic, then payload
+                    handled += 1
+                    payload = buf[i + 2 + (buf[i] << 8 | buf[i + 1]) : i + size]
+                    self.transport.write(mc._publish_packet(OUT_TOPIC, mc._decide(payload)))
+                pos = i + size
+            self.rx = buf[pos:]
+
+    async def main() -> None:
+        sock = mc._raw_connect(port, f"bench-uvforward-{os.getpid()}")
+        _subscribe(sock, IN_TOPIC)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.connect_accepted_socket(Forward, sock)
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        print("READY", flush=True)
+        await stop.wait()
+
+    uvloop.run(main())
+    print(json.dumps({"handled": handled}), flush=True)
+
+
 # ---------------------------------------------------------------------------------------
 # The harness
 # ---------------------------------------------------------------------------------------
@@ -568,6 +624,8 @@ def run_reference(
     port = str(broker.port)
     if client == "raw":
         engine = _spawn_self("--role", "forward", "--port", port)
+    elif client == "uvloop":
+        engine = _spawn_self("--role", "uvforward", "--port", port)
     elif client == "c":
         engine = subprocess.Popen(
             [_build_c_forwarder(), port], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -628,7 +686,9 @@ def _missed(results: dict[str, Any], variants: list[str]) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--role", default="harness", choices=["harness", "pace", "latency", "forward"])
+    ap.add_argument(
+        "--role", default="harness", choices=["harness", "pace", "latency", "forward", "uvforward"]
+    )
     ap.add_argument("--variant", default="both", choices=["builtin", "lua", "both"])
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--topic", default=OUT_TOPIC, help="latency role: comma separated")
@@ -640,9 +700,10 @@ def main() -> None:
     ap.add_argument("--limit", type=float, default=40.0)
     ap.add_argument(
         "--reference",
-        default="c,raw,gmqtt",
+        default="c,raw,uvloop,gmqtt",
         help="also measure bare loops in place of the daemon (comma separated: c, raw, "
-        "gmqtt, mechaway_driver; '' for none): what a hop costs before mechaway adds anything",
+        "uvloop, gmqtt, mechaway_driver; '' for none): what a hop costs before mechaway "
+        "adds anything",
     )
     ap.add_argument(
         "--profile", default="", help="py-spy each engine during its flood; files go here"
@@ -661,6 +722,9 @@ def main() -> None:
         return
     if args.role == "forward":
         role_forward(args.port)
+        return
+    if args.role == "uvforward":
+        role_uvforward(args.port)
         return
     if args.role == "latency":
         topics = args.topic.split(",")
