@@ -238,6 +238,8 @@ class ChangeRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError("path must not be empty")
         if self.op == "move" and not self.from_:
             raise ValueError("op 'move' needs 'from'")
+        if self.from_ is not None and not split_path(self.from_):
+            raise ValueError(f"from {self.from_!r} names no field")
 
 
 class ChangeParams(NodeParams):

@@ -337,6 +337,17 @@ async def test_change_move_needs_from() -> None:
     assert "needs 'from'" in str(exc.value)
 
 
+@pytest.mark.parametrize("op", ["move", "set"])
+async def test_change_from_must_name_a_field(op: str) -> None:
+    """``from: "."`` used to pass validation, then raise per message (move) or quietly
+    set ``value`` (set)."""
+    rule = {"op": op, "path": "a", "from": "."}
+    with pytest.raises(FlowError) as exc:
+        validate(single("f", "ChangeNode", {"rules": [rule]}))
+    assert "nodes[1] (n).params.rules[0]" in str(exc.value)
+    assert "names no field" in str(exc.value)
+
+
 async def test_change_rules_are_strict() -> None:
     with pytest.raises(FlowError) as exc:
         validate(single("f", "ChangeNode", {"rules": [{"op": "set", "path": "a", "vlaue": 1}]}))
