@@ -22,6 +22,7 @@ import os
 import random
 import socket
 import ssl
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -887,11 +888,10 @@ class _GmqttSession:
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> int | None:
         """Write a PUBLISH (corked); returns its packet id for QoS>=1 (acked through
         ``_on_ack``: gmqtt's id allocator and in-flight store see it as their own)."""
-        enc = self._topics.get(topic) or self._encoded_topic(topic)
-        if not qos:
-            size = len(enc[1]) + len(payload)
-            self._proto.cork(_fixed_header(0x30 | retain, size) + enc[1] + payload)
+        if not qos:  # already admitted (a queued message): no buffer bound applies
+            self.publish_qos0(topic, payload, retain, sys.maxsize)
             return None
+        enc = self._topics.get(topic) or self._encoded_topic(topic)
         mid: int = self._ids.next_id()
         props = b"\0" if self._v5 else b""
         size = len(enc[0]) + 2 + len(props) + len(payload)
@@ -1205,11 +1205,9 @@ class MqttConnection:
         return handlers
 
     # -- receiving --------------------------------------------------------------------------
-    def _handlers_for(self, topic: str, sub_ids: list[int] | None) -> tuple[Handler, ...]:
-        if not sub_ids:
-            return self._route(topic)
-        if len(sub_ids) == 1:
-            return self._id_handlers.get(sub_ids[0], ())
+    def _merged_handlers(self, sub_ids: list[int]) -> tuple[Handler, ...]:
+        """The handlers of several matching filters (``_on_message`` routes the usual
+        zero or one subscription identifier itself)."""
         merged: dict[int, Handler] = {}  # one call per handler even if two filters match
         for sub_id in sub_ids:
             for handler in self._id_handlers.get(sub_id, ()):
@@ -1238,7 +1236,7 @@ class MqttConnection:
         elif len(sub_ids) == 1:
             handlers = self._id_handlers.get(sub_ids[0], ())
         else:
-            handlers = self._handlers_for(topic, sub_ids)
+            handlers = self._merged_handlers(sub_ids)
         if not handlers:
             counters["unrouted"] += 1
             self._ack(session, entry)
