@@ -11,6 +11,11 @@ from mechaway.errors import FlowError, Issue
 
 FLOW_SUFFIXES = (".json", ".yaml", ".yml")
 
+#: Most values a YAML document may expand to, counting a value reached through an alias
+#: once per alias. A 1 KB "billion laughs" document (anchors of ten aliases of anchors)
+#: otherwise expands to 10^8 values when it is validated: ~1 minute and ~11 GB here.
+MAX_YAML_VALUES = 100_000
+
 
 def parse_text(text: str | bytes, *, fmt: str = "json", source: str = "") -> Any:
     """Decode a document (``fmt`` json or yaml). Raises ``FlowError`` with line/column."""
@@ -25,7 +30,7 @@ def parse_text(text: str | bytes, *, fmt: str = "json", source: str = "") -> Any
         import yaml
 
         try:
-            return yaml.safe_load(text)
+            doc = yaml.safe_load(text)
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f"line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
@@ -33,7 +38,45 @@ def parse_text(text: str | bytes, *, fmt: str = "json", source: str = "") -> Any
             raise FlowError([Issue(where, f"invalid YAML: {problem}")], source) from err
         except (ValueError, RecursionError) as err:  # 2024-13-45 as a date; [[[[... too deep
             raise FlowError([Issue("", f"invalid YAML: {err}")], source) from err
+        _check_expansion(doc, source)
+        return doc
     raise ValueError(f"unknown format {fmt!r}")
+
+
+def _check_expansion(doc: Any, source: str) -> None:
+    """Refuse a YAML document whose aliases expand past ``MAX_YAML_VALUES`` values.
+
+    ``safe_load`` shares an aliased value instead of copying it, so loading is cheap; it
+    is every later walk (validation, storage, the nodes) that pays for each use. This
+    walk counts with memoised sizes, so it costs one visit per distinct value. A value
+    that contains itself is left to validation, which names it.
+    """
+    if not isinstance(doc, (dict, list)):
+        return
+    sizes: dict[int, int] = {}
+    stack: list[tuple[Any, bool]] = [(doc, False)]
+    while stack:
+        value, done = stack.pop()
+        key = id(value)
+        children = value.values() if isinstance(value, dict) else value
+        if done:
+            total = 1 + sum(sizes.get(id(c), 1) for c in children)
+            if total > MAX_YAML_VALUES:
+                raise FlowError(
+                    [
+                        Issue(
+                            "",
+                            f"the document expands to more than {MAX_YAML_VALUES:,} values"
+                            " (a YAML alias counts once per use)",
+                        )
+                    ],
+                    source,
+                )
+            sizes[key] = total
+        elif key not in sizes:
+            sizes[key] = 1  # a value that contains itself counts once, not forever
+            stack.append((value, True))
+            stack.extend((c, False) for c in children if isinstance(c, (dict, list)))
 
 
 def format_for(path: Path) -> str:

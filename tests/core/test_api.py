@@ -185,6 +185,19 @@ async def test_put_yaml_body(make_client: MakeClient) -> None:
     assert resp.status == 201
 
 
+async def test_put_yaml_alias_bomb_is_400(make_client: MakeClient) -> None:
+    from .test_validate import laughs
+
+    client = await make_client()
+    resp = await client.put(
+        f"{V1}/flows/f", data=laughs(8), headers={**AUTH, "Content-Type": "application/yaml"}
+    )
+    assert resp.status == 400
+    (issue,) = (await body(resp))["issues"]
+    assert issue["message"].startswith("the document expands to more than 100,000 values")
+    assert (await client.get(f"{V1}/flows/f", headers=AUTH)).status == 404
+
+
 async def test_put_invalid_is_400_with_located_issues(
     make_client: MakeClient, manager: FlowManager
 ) -> None:

@@ -334,6 +334,40 @@ def test_self_referencing_yaml_is_rejected_by_validate() -> None:
     assert issue.where == "nodes[0] (a).params"
 
 
+def laughs(levels: int, width: int = 10) -> str:
+    """A flow whose inject payload is a "billion laughs": ``width ** levels`` leaves."""
+    lines = ["id: f", "nodes:", "  - id: a", "    type: InjectNode", "    params:"]
+    lines += ["      once: true", "      payload:", f"        l0: &l0 [{', '.join(['x'] * width)}]"]
+    for i in range(1, levels):
+        lines.append(f"        l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]")
+    lines += ["  - {id: b, type: LogNode}", "edges:", "  - {from: a, to: b}"]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_before_anything_walks_it() -> None:
+    # 10^8 leaves from ~1 KB: validating it took ~1 minute and ~11 GB before the check
+    with pytest.raises(FlowError) as exc:
+        parse_text(laughs(8), fmt="yaml", source="flows/bomb.yaml")
+    assert str(exc.value) == (
+        "flows/bomb.yaml: the document expands to more than 100,000 values"
+        " (a YAML alias counts once per use)"
+    )
+
+
+def test_yaml_anchors_within_the_bound_are_fine() -> None:
+    # 10^4 leaves through aliases, and one anchor reused by two nodes' params
+    raw = parse_text(laughs(4), fmt="yaml")
+    assert len(orjson.dumps(validate(raw).nodes["a"].params.payload)) > 40_000
+    raw = parse_text(
+        "id: f\nnodes:\n  - {id: a, type: InjectNode, params: &p {interval: 5}}\n"
+        "  - {id: c, type: InjectNode, params: *p}\n  - {id: b, type: LogNode}\n"
+        "edges:\n  - {from: a, to: b}\n  - {from: c, to: b}\n",
+        fmt="yaml",
+    )
+    v = validate(raw)
+    assert v.nodes["a"].params == v.nodes["c"].params
+
+
 def test_read_file_json_and_yaml_are_equivalent(tmp_path: Path) -> None:
     j = tmp_path / "gh.json"
     y = tmp_path / "gh.yml"
