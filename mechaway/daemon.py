@@ -38,6 +38,43 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
     # gmqtt logs every packet at INFO; the driver reports what matters itself
     logging.getLogger("gmqtt").setLevel(logging.WARNING)
+    # aiohttp logs each malformed request (bad method, oversized header, ...) as an ERROR
+    # with a traceback: anyone who can connect could flood the journal and wear the card
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, BadRequestLog) for f in server_log.filters):
+        server_log.addFilter(BadRequestLog())
+
+
+class BadRequestLog(logging.Filter):
+    """aiohttp's "Error handling request" records as one warning line, once per burst.
+
+    The app's own handlers never get here (the API's middleware turns every failure into
+    a JSON error and logs it itself); what remains is HTTP that could not be parsed.
+    """
+
+    def __init__(self, window_s: float = 10.0) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self._until = 0.0
+        self._suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now < self._until:
+            self._suppressed += 1
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        text = record.getMessage()
+        if exc is not None:
+            text = f"{text}: {' '.join(str(exc).split())[:200] or type(exc).__name__}"
+        if self._suppressed:
+            text += f" ({self._suppressed} similar in the last burst not logged)"
+        self._until, self._suppressed = now + self.window_s, 0
+        record.msg, record.args = "%s", (text,)
+        record.exc_info = record.exc_text = None
+        if record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 def sd_notify(state: str) -> None:

@@ -6,7 +6,10 @@ without one the daemon only listens on loopback (enforced by the settings).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -22,6 +25,8 @@ from mechaway.nodes.registry import node_types, params_schema
 from mechaway.runtime.manager import FlowManager
 from mechaway.store.series import SeriesNotFound, SeriesStore
 
+log = logging.getLogger("mechaway.api")
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 StatusFn = Callable[[], dict[str, Any]]
 
@@ -32,6 +37,16 @@ TOKEN: web.AppKey[str | None] = web.AppKey("token", str)
 PLUGINS: web.AppKey[Callable[[], list[dict[str, Any]]]] = web.AppKey("plugins", Callable)  # type: ignore[arg-type]
 STARTED: web.AppKey[float] = web.AppKey("started", float)
 SERIES: web.AppKey[SeriesStore] = web.AppKey("series", SeriesStore)
+YAML_GATE: web.AppKey[asyncio.Semaphore] = web.AppKey("yaml_gate", asyncio.Semaphore)
+
+#: seconds a client has to send a request body, once its headers are in (then 408)
+BODY_TIMEOUT = 30.0
+#: largest revision number SQLite can hold
+MAX_REV = 2**63 - 1
+#: most points one series query returns (``?limit=``); page on with ``from=``
+MAX_LIMIT = 100_000
+#: shortest ``?bucket=`` in seconds (below ~1e-10 s bucket numbers overflow SQLite integers)
+MIN_BUCKET = 0.001
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -52,24 +67,61 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Token check, and turning every failure into a JSON error (never a traceback page)."""
     token = request.app[TOKEN]
     if token and request.path != f"{PREFIX}/health":
-        got = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
+        # a header's non-UTF-8 bytes arrive as surrogates: encode them back, never raise
+        got = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(got, f"Bearer {token}".encode()):
             return _error(401, "missing or wrong bearer token")
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        if exc.status >= 400:
-            return _error(exc.status, exc.reason)
-        raise
+        if exc.status < 400:
+            raise
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            resp = _error(
+                405, f"{request.method} not allowed here (allowed: {exc.headers['Allow']})"
+            )
+            resp.headers["Allow"] = exc.headers["Allow"]
+            return resp
+        if isinstance(exc, web.HTTPNotFound):
+            return _error(404, f"no route {request.method} {request.path!r:.200}")
+        return _error(exc.status, (exc.text if exc.status in (408, 413) else None) or exc.reason)
     except FlowError as err:
         return _error(400, "invalid flow", err.issues)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, "internal error (details in the daemon log)")
+
+
+def _too_large(request: web.Request) -> web.HTTPRequestEntityTooLarge:
+    cap = request.client_max_size
+    return web.HTTPRequestEntityTooLarge(
+        cap, text=f"request body larger than {cap} bytes (the api.max_body_bytes setting)"
+    )
 
 
 async def _body(request: web.Request) -> Any:
-    """Decode a JSON (or YAML, by content type) body; a 400 FlowError when it is not."""
-    data = await request.read()
-    fmt = "yaml" if "yaml" in (request.content_type or "") else "json"
-    return parse_text(data, fmt=fmt, source="request body")
+    """Decode a JSON (or YAML, by content type) body; a 400 FlowError when it is not.
+
+    A body over the size cap is a 413 (at once if its Content-Length says so), one not
+    sent within ``BODY_TIMEOUT`` a 408. YAML is parsed on a worker thread, one body at a
+    time: PyYAML takes seconds and some 300 MB for a 1 MiB document, which on the event
+    loop would stall every flow, and several at once could exhaust a small device's RAM.
+    """
+    if (request.content_length or 0) > request.client_max_size:
+        raise _too_large(request)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            data = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(request) from None
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(
+            text=f"request body not received within {BODY_TIMEOUT:g} s"
+        ) from None
+    if "yaml" in (request.content_type or ""):
+        async with request.app[YAML_GATE]:
+            return await asyncio.to_thread(parse_text, data, fmt="yaml", source="request body")
+    return parse_text(data, fmt="json", source="request body")
 
 
 async def health(request: web.Request) -> web.Response:
@@ -144,10 +196,21 @@ async def revisions(request: web.Request) -> web.Response:
 
 
 async def rollback(request: web.Request) -> web.Response:
-    body = await _body(request)
+    try:
+        body = await _body(request)
+    except FlowError as err:
+        return _error(400, "invalid request body", err.issues)
     rev = body.get("rev") if isinstance(body, dict) else None
     if not isinstance(rev, int) or isinstance(rev, bool):
-        raise FlowError([Issue("rev", "expected an integer revision number")])
+        return _error(
+            400, "invalid request body", [Issue("rev", "expected an integer revision number")]
+        )
+    if not 1 <= rev <= MAX_REV:
+        return _error(
+            400,
+            "invalid request body",
+            [Issue("rev", f"revision numbers run from 1 to {MAX_REV}, got {rev}")],
+        )
     try:
         result = await request.app[MANAGER].rollback(_flow_id(request), rev)
     except KeyError as err:
@@ -179,14 +242,16 @@ def _when(query: Any, key: str) -> float | None:
     if raw is None or raw == "":
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(raw)
-    except ValueError:
-        raise ValueError(f"{key}: expected epoch seconds or ISO 8601, got {raw!r}") from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+        try:
+            dt = datetime.fromisoformat(raw)
+            value = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+        except (ValueError, OverflowError):
+            value = math.nan
+    if not math.isfinite(value):  # nan, inf, 1e999 or not a time at all
+        raise ValueError(f"{key}: expected epoch seconds or ISO 8601, got {raw!r:.40}")
+    return value
 
 
 def _number(q: Any, key: str, kind: type[int] | type[float]) -> Any:
@@ -202,11 +267,18 @@ async def series(request: web.Request) -> web.Response:
     q = request.query
     try:
         bucket = _number(q, "bucket", float) if q.get("bucket") else None
+        if bucket is not None and bucket < MIN_BUCKET:  # nan and inf are the store's to refuse
+            raise ValueError(f"bucket must be at least {MIN_BUCKET:g} seconds")
         limit = _number(q, "limit", int) if q.get("limit") else 10_000
+        if limit > MAX_LIMIT:
+            raise ValueError(f"limit must be <= {MAX_LIMIT} (page on with from=)")
+        start, end = _when(q, "from"), _when(q, "to")
+        if start is not None and end is not None and start > end:
+            raise ValueError("from is after to")
         result = await request.app[SERIES].query(
             name,
-            start=_when(q, "from"),
-            end=_when(q, "to"),
+            start=start,
+            end=end,
             agg=q.get("agg") or None,
             bucket=bucket,
             limit=limit,
@@ -234,6 +306,7 @@ def make_app(
     app[PLUGINS] = plugins_fn
     app[TOKEN] = token
     app[STARTED] = time.monotonic()
+    app[YAML_GATE] = asyncio.Semaphore(1)
     r = app.router
     r.add_get(f"{PREFIX}/health", health)
     r.add_get(f"{PREFIX}/flows", list_flows)
