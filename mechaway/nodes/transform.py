@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import reprlib
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -400,10 +402,16 @@ class DeadbandParams(NodeParams):
     key: Literal["topic", "none"] = "topic"
     #: ``true``: the last passed values survive restarts (stored as node context)
     persist: bool = False
+    #: most topics remembered; past it the least recently seen is forgotten (counted),
+    #: so its next value passes as a first one. Topics come from outside: a stream of
+    #: distinct ones must not grow memory (and the saved state) without end.
+    max_keys: int = 10_000
 
     def __post_init__(self) -> None:
         if self.band < 0 or (self.percent is not None and self.percent < 0):
             raise ValueError("band and percent must be >= 0")
+        if self.max_keys < 1:
+            raise ValueError("max_keys must be >= 1")
 
 
 @register_node("DeadbandNode")
@@ -416,28 +424,52 @@ class DeadbandNode(Node):
     def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
         super().__init__(node_id, params, ctx)
         self._keys = split_path(params.property)
+        #: topic -> last passed value, least recently seen first
         self._last: dict[str, float] = {}
+        self.evicted = 0
 
     def process(self, msg: Message) -> Result:
         v = get_path(msg, self._keys)
-        if not isinstance(v, int | float) or isinstance(v, bool):
-            raise ValueError(f"{self.params.property} is not a number: {v!r}")
-        k = str(msg.get("topic", "")) if self.params.key == "topic" else ""
-        last = self._last.get(k)
+        if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
+            # NaN compares false with everything: it would pass, then block nothing
+            what = "a finite number" if isinstance(v, float) else "a number"
+            raise ValueError(f"{self.params.property} is not {what}: {reprlib.repr(v)}")
+        if self.params.key == "topic":
+            k = msg.get("topic", "")
+            if type(k) is not str:
+                k = str(k) if isinstance(k, int | float) else reprlib.repr(k)
+        else:
+            k = ""
+        last_seen = self._last
+        last = last_seen.pop(k, None)
         if last is not None:
             p = self.params
             delta = abs(v - last)
             if p.percent is not None:
                 if (last == 0 and v == 0) or (last != 0 and delta * 100.0 / abs(last) < p.percent):
+                    last_seen[k] = last
                     return None
             elif delta < p.band or (p.band == 0 and delta == 0):
+                last_seen[k] = last
                 return None
-        self._last[k] = float(v)
+        elif len(last_seen) >= self.params.max_keys:
+            del last_seen[next(iter(last_seen))]
+            self.evicted += 1
+        last_seen[k] = float(v)
         return msg
+
+    def status(self) -> dict[str, Any] | None:
+        return {"keys": len(self._last), "evicted": self.evicted}
 
     def get_state(self) -> Any:
         return dict(self._last)
 
     def set_state(self, state: Any) -> None:
         if isinstance(state, dict):
-            self._last = {str(k): float(v) for k, v in state.items() if isinstance(v, int | float)}
+            last = {
+                str(k): float(v)
+                for k, v in state.items()
+                if isinstance(v, int | float) and math.isfinite(v)
+            }
+            cap = self.params.max_keys  # a smaller cap than the saved state's: newest kept
+            self._last = dict(list(last.items())[-cap:])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import math
 from typing import Any
 
 import pytest
@@ -459,6 +460,35 @@ async def test_deadband_per_topic_and_global(engine: Engine) -> None:
         engine.inject("g", "n", msg(v, topic))
     await settle(engine, "g")
     assert [(m["topic"], m["payload"]) for m in got("g", "sink_out")] == [("a", 10), ("b", 12)]
+
+
+async def test_deadband_refuses_nan_and_inf(engine: Engine) -> None:
+    raw = single("f", "DeadbandNode", {"band": 1}, ports=("out", "error"))
+    await deploy(engine, raw)
+    await feed(engine, "f", [10, math.nan, math.inf, 10.5, -math.inf, 12, "x" * 100_000])
+    # before: NaN passed and became the last value, so nothing after it was ever blocked
+    assert payloads("f", "sink_out") == [10, 12]
+    errors = [m["error"]["message"] for m in got("f", "sink_error")]
+    assert errors[0] == "payload is not a finite number: nan"
+    assert len(errors) == 4 and len(errors[-1]) < 200  # a long value is shown short
+
+
+async def test_deadband_forgets_the_least_recently_seen_topic_past_max_keys(
+    engine: Engine,
+) -> None:
+    await deploy(engine, single("f", "DeadbandNode", {"band": 1, "max_keys": 2}))
+    for topic, v in [("a", 1), ("b", 1), ("a", 1), ("c", 1), ("a", 1), ("b", 1), ("c", 1)]:
+        engine.inject("f", "n", msg(v, topic))
+    await settle(engine, "f")
+    # c evicts b (a, though blocked, was seen after b); the blocked a moves behind c, so
+    # b comes back evicting c, and c evicting a
+    assert [m["topic"] for m in got("f", "sink_out")] == ["a", "b", "c", "b", "c"]
+    assert stats(engine, "f", "n")["evicted"] == 3
+    assert stats(engine, "f", "n")["keys"] == 2
+    for i in range(10_000):  # a stream of distinct topics stays within the bound
+        engine.inject("f", "n", msg(1, f"t{i}"))
+    await settle(engine, "f")
+    assert stats(engine, "f", "n")["keys"] == 2
 
 
 async def test_deadband_property_and_non_numbers_are_errors(engine: Engine) -> None:
