@@ -2,6 +2,12 @@
 
 ``bytes`` payloads travel inside messages as base64 text (messages stay JSON-compatible).
 Decoding failures raise ``ValueError`` with a short reason.
+
+msgpack: map keys must be strings (``bin`` keys pass as ``bytes``); a timestamp (ext -1)
+decodes to epoch seconds (a float); any other ext type is a decoding failure (a flow has
+no use for opaque application types, and nothing downstream could store them); ``bin``
+values stay ``bytes`` (walking every payload to convert them would cost every message),
+and the store writes them as base64 text (``mechaway.store.encode``).
 """
 
 from __future__ import annotations
@@ -16,11 +22,17 @@ import orjson
 Codec = Literal["json", "msgpack", "text", "bytes"]
 
 
+def _msgpack_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"ext type {code} ({len(data)} bytes) is not supported")
+
+
 def _msgpack_decode(data: bytes) -> Any:
     import msgpack
 
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+        return msgpack.unpackb(
+            data, raw=False, strict_map_key=True, timestamp=1, ext_hook=_msgpack_ext
+        )
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as err:
         raise ValueError(f"invalid msgpack: {err}") from err
 

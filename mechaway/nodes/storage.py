@@ -30,6 +30,7 @@ from mechaway.nodes.base import (
     split_path,
 )
 from mechaway.nodes.registry import register_node
+from mechaway.store.encode import show
 from mechaway.store.kv import KVStore
 from mechaway.store.outbox import Outbox, OutboxFull, Policy
 from mechaway.store.series import SeriesStore
@@ -52,9 +53,15 @@ def _with(msg: Message, keys: tuple[str | int, ...], value: Any) -> Message:
         raise ValueError(f"output path {keys!r} must name object keys only")
     out = dict(msg)
     cur = out
-    for k in names[:-1]:
+    for i, k in enumerate(names[:-1]):
         nxt = cur.get(k)
-        nxt = dict(nxt) if isinstance(nxt, dict) else {}
+        if isinstance(nxt, dict):
+            nxt = dict(nxt)
+        elif nxt is None:
+            nxt = {}
+        else:  # replacing a value the message carries would lose it without a word
+            where = ".".join(names[: i + 1])
+            raise ValueError(f"cannot write {'.'.join(names)}: {where} is not an object")
         cur[k] = nxt
         cur = nxt
     cur[names[-1]] = value
@@ -74,7 +81,7 @@ def _key(msg: Message, static: str | None, path: tuple[str | int, ...], where: s
         return static
     k = get_path(msg, path)
     if isinstance(k, bool) or not isinstance(k, str | int) or k == "":
-        raise ValueError(f"{where} is not a usable key: {k!r}")
+        raise ValueError(f"{where} is not a usable key: {show(k)}")
     return str(k)
 
 
@@ -174,7 +181,9 @@ class KVSetNode(_StoreSink):
     async def write(self, msg: Message) -> Result:
         assert self._kv is not None, "node not started"
         key = _key(msg, self.params.key, self._key_path, self.params.key_property)
-        value = get_path(msg, self._path)
+        value = get_path(msg, self._path, _MISSING)
+        if value is _MISSING:  # only an explicit null deletes, never a malformed message
+            raise ValueError(f"{self.params.property} is missing")
         if value is None:
             fut = self._kv.delete(self._ns, key)
         else:
@@ -383,6 +392,15 @@ class UpstreamParams(NodeParams):
             raise ValueError("max_messages must be >= 1 and max_bytes >= 1024")
 
 
+def _topic_text(topic: Any) -> str:
+    """A message topic that is not a ``str``: a number as its text, nothing as ``""``."""
+    if topic is None:
+        return ""
+    if isinstance(topic, int | float | str):  # bool too; a str subclass
+        return str(topic)
+    raise ValueError(f"topic is not text: {show(topic)}")
+
+
 @register_node("UpstreamNode")
 class UpstreamNode(Node):
     """Queue the message for the hub in the durable outbox (fsynced before acknowledged).
@@ -409,11 +427,13 @@ class UpstreamNode(Node):
         assert self._outbox is not None, "node not started"
         p = self.params
         topic = p.topic if p.topic is not None else msg.get("topic", "")
+        if type(topic) is not str:
+            topic = _topic_text(topic)
         ts = msg.get("ts")
         if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
             ts = None
         fut = self._outbox.append(
-            str(topic),
+            topic,
             get_path(msg, self._path),
             ts=ts,
             dup=bool(msg.get("dup")),

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
+import reprlib
 import time
+from math import isfinite
 from typing import Any, ClassVar, Literal
 
 from mechaway.nodes.base import Message, Node, NodeParams, Result, get_path, now, split_path
@@ -193,8 +195,10 @@ class WindowNode(_TimerNode):
 
     def process(self, msg: Message) -> Result:
         v = get_path(msg, self._keys)
-        if not isinstance(v, int | float) or isinstance(v, bool):
-            raise ValueError(f"{self.params.property} is not a number: {v!r}")
+        if not isinstance(v, int | float) or isinstance(v, bool) or not isfinite(v):
+            # a NaN or an infinity would poison the whole window (and its saved state)
+            what = "a finite number" if isinstance(v, float) else "a number"
+            raise ValueError(f"{self.params.property} is not {what}: {reprlib.repr(v)}")
         if self._n == 0:
             self._first = v
             self._topic = msg.get("topic", "")
@@ -212,12 +216,15 @@ class WindowNode(_TimerNode):
             return None
         return {
             "n": self._n,
-            "sum": self._sum,
-            "min": self._min,
-            "max": self._max,
-            "first": self._first,
-            "last": self._last,
-            "topic": self._topic,
+            # a sum can still overflow to inf: JSON would make it null and the restore
+            # would drop the window, so non-finite floats are saved as text float() reads
+            "sum": _json_number(self._sum),
+            "min": _json_number(self._min),
+            "max": _json_number(self._max),
+            "first": _json_number(self._first),
+            "last": _json_number(self._last),
+            # the topic is any value a message carried: only text is kept
+            "topic": self._topic if isinstance(self._topic, str) else "",
         }
 
     def set_state(self, state: Any) -> None:
@@ -228,10 +235,27 @@ class WindowNode(_TimerNode):
             self._sum = float(state["sum"])
             self._min = float(state["min"])
             self._max = float(state["max"])
-            self._first, self._last = state["first"], state["last"]
+            self._first, self._last = _number(state["first"]), _number(state["last"])
             self._topic = str(state.get("topic", ""))
         except (KeyError, TypeError, ValueError):
             self._reset()
+
+
+def _number(v: Any) -> int | float:
+    """A saved ``first``/``last`` back as a number (``TypeError``/``ValueError`` if not one)."""
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        raise TypeError(f"not a number: {reprlib.repr(v)}")
+    return float(v) if isinstance(v, str) else v
+
+
+def _json_number(v: Any) -> Any:
+    """``v`` in a form JSON keeps exactly: a non-finite float as its text ("inf", "nan"),
+    an int beyond 64 bits as a float; ``float()`` reads all of them back."""
+    if isinstance(v, float):
+        return v if isfinite(v) else str(v)
+    if isinstance(v, int) and not -(2**63) <= v < 2**64:
+        return float(v)
+    return v
 
 
 class DelayParams(NodeParams):

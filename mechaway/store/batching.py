@@ -4,6 +4,11 @@ A node that appends one row per message would otherwise queue one op (and one
 cross-thread future) per message. ``Coalescer.add`` costs a list append on the loop; at
 the end of the tick (``call_soon``) everything gathered becomes ONE op for the writer
 thread, and each caller's asyncio future resolves with its own result after the commit.
+
+One item must not sink the others of its op: when the batch function raises (a value
+SQLite refuses, say), what it did is rolled back and every item runs again alone, each in
+its own savepoint and in the original order, inside the same transaction. Only the
+items that fail alone fail; the rest commit as if nothing happened.
 """
 
 from __future__ import annotations
@@ -11,11 +16,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
+import logging
 import sqlite3
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast
 
 from mechaway.store.db import Database
+
+log = logging.getLogger("mechaway.store")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -36,6 +45,41 @@ def attach(db: Database, inst: S) -> S:
 
 #: ``run(conn, items)`` -> one result per item; an ``Exception`` instance fails that item only
 BatchOp = Callable[[sqlite3.Connection, list[T]], list[Any]]
+
+
+def run_isolated(run: BatchOp[T], items: list[T], conn: sqlite3.Connection) -> list[Any]:
+    """``run(conn, items)``; if it raises, each item alone (a failure fails that item only).
+
+    The fallback costs one savepoint per item, and only for an op that failed: the usual
+    op pays one savepoint in all.
+    """
+    conn.execute("SAVEPOINT batch")
+    try:
+        out = run(conn, items)
+    except Exception as exc:
+        if not conn.in_transaction:  # SQLite gave the whole transaction up: nothing to retry
+            raise
+        conn.execute("ROLLBACK TO batch")
+        conn.execute("RELEASE batch")
+        if len(items) == 1:
+            raise
+        log.debug("a batch of %d writes failed (%s): writing each alone", len(items), exc)
+        return [_run_one(run, item, conn) for item in items]
+    conn.execute("RELEASE batch")
+    return out
+
+
+def _run_one(run: BatchOp[T], item: T, conn: sqlite3.Connection) -> Any:
+    conn.execute("SAVEPOINT item")
+    try:
+        (res,) = run(conn, [item])
+    except Exception as exc:
+        if not conn.in_transaction:
+            raise
+        conn.execute("ROLLBACK TO item")
+        res = exc
+    conn.execute("RELEASE item")
+    return res
 
 
 class Coalescer(Generic[T, R]):
@@ -79,9 +123,10 @@ class Coalescer(Generic[T, R]):
             return
         items, futs = self._items, self._futs
         self._items, self._futs = [], []
-        run = self.run
         try:
-            cf = self.db.submit(lambda conn: run(conn, items), durable=self.durable)
+            cf = self.db.submit(
+                functools.partial(run_isolated, self.run, items), durable=self.durable
+            )
         except Exception as exc:
             self._settle(futs, None, exc)
             return

@@ -23,7 +23,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -77,6 +77,19 @@ SCHEMA_MODULES = (
 )
 
 _STOP = object()
+
+
+def _settle(fut: Future[Any], result: Any, failure: BaseException | None) -> None:
+    """Resolve a caller's future; one the caller cancelled (``asyncio.wrap_future`` cancels
+    it with the awaiting task) or already resolved is left alone: raising here would end
+    the writer thread, and every later write with it."""
+    if fut.done():
+        return
+    with contextlib.suppress(InvalidStateError):  # cancelled between the check and now
+        if failure is None:
+            fut.set_result(result)
+        else:
+            fut.set_exception(failure)
 
 
 class Database:
@@ -233,7 +246,16 @@ class Database:
                     break
                 batch.append(nxt)
             started = time.monotonic()
-            self._commit(conn, batch)
+            try:
+                self._commit(conn, batch)
+            except BaseException as exc:  # the writer must outlive anything one batch does
+                log.exception("%s: a batch of %d writes failed unexpectedly", self.path, len(batch))
+                with contextlib.suppress(sqlite3.Error):
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                err = StoreError(f"{self.path}: write failed: {type(exc).__name__}: {exc}")
+                for _op, fut, _d in batch:
+                    _settle(fut, None, err)
         try:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
@@ -274,12 +296,10 @@ class Database:
             results = [(fut, None, err) for _op, fut, _d in batch]
         finally:
             if durable:
-                conn.execute("PRAGMA synchronous=NORMAL")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA synchronous=NORMAL")
         for fut, res, failure in results:
-            if failure is None:
-                fut.set_result(res)
-            else:
-                fut.set_exception(failure)
+            _settle(fut, res, failure)
 
     # -- reads ----------------------------------------------------------------------------
     def read(

@@ -21,6 +21,7 @@ import orjson
 
 from mechaway.store.batching import Coalescer, attach, attached
 from mechaway.store.db import Database, register_migration
+from mechaway.store.encode import to_json
 
 register_migration(
     201,
@@ -105,12 +106,17 @@ class KVStore:
     def set(
         self, ns: str, key: str, value: Any, *, ttl: float | None = None
     ) -> asyncio.Future[None]:
-        """Store ``value`` (JSON-compatible) under ``ns``/``key``; ``ttl`` in seconds."""
+        """Store ``value`` (JSON-compatible) under ``ns``/``key``; ``ttl`` in seconds.
+
+        Raises ``ValueError`` (``UnstorableValue``, naming the key) for a value JSON has no
+        form for; nothing is queued then.
+        """
         if ttl is not None and ttl <= 0:
             raise ValueError("ttl must be > 0")
+        blob = to_json(value, "key %s in namespace %s", key, ns)
         self.sets += 1
         expires = time.time() + ttl if ttl is not None else None
-        return self._queue(_Write(ns, key, orjson.dumps(value), expires))
+        return self._queue(_Write(ns, key, blob, expires))
 
     def delete(self, ns: str, key: str) -> asyncio.Future[None]:
         return self._queue(_Write(ns, key, None, None))

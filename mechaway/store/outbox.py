@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -40,6 +39,7 @@ import orjson
 from mechaway.errors import StoreError
 from mechaway.store.batching import Coalescer, attach, attached
 from mechaway.store.db import Database, register_migration
+from mechaway.store.encode import UnstorableValue, show, timestamp, to_json
 
 register_migration(
     204,
@@ -100,6 +100,8 @@ class _Item:
     ts: float
     topic: str
     payload: bytes
+    #: accounted bytes: payload, UTF-8 topic, ``ROW_COST``
+    size: int
     flags: int
     policy: Policy
     max_messages: int
@@ -152,10 +154,18 @@ class Outbox:
     ) -> asyncio.Future[int]:
         """Queue a message; the future resolves to its seq once it is durable.
 
-        Fails with ``OutboxFull`` when refused.
+        Fails with ``OutboxFull`` when refused. Raises ``ValueError`` (``UnstorableValue``)
+        at once, queueing nothing, for a payload JSON has no form for or a ``ts`` that is
+        not a finite number. Every stored payload is JSON: ``bytes`` too are a value (base64
+        text), never taken as already-encoded JSON.
         """
         loop = asyncio.get_running_loop()
-        data = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+        data = to_json(payload, "outbox message on %s", topic)
+        t = timestamp(ts, "outbox message on %s", topic)
+        try:
+            size = len(data) + len(topic.encode()) + ROW_COST
+        except UnicodeEncodeError as err:
+            raise UnstorableValue(f"outbox topic {show(topic)} is not valid text: {err}") from None
         fut: asyncio.Future[int]
         if self._co.pending >= self.max_inflight:
             fut = loop.create_future()
@@ -164,9 +174,10 @@ class Outbox:
             self.refused_backlog += 1
         else:
             item = _Item(
-                time.time() if ts is None else ts,
+                t,
                 topic,
                 data,
+                size,
                 FLAG_DUP if dup else 0,
                 policy,
                 max_messages,
@@ -191,7 +202,7 @@ class Outbox:
         out: list[Any] = []
         dropped = 0
         for it in items:
-            size = len(it.payload) + len(it.topic.encode()) + ROW_COST
+            size = it.size
             if size > min(self.max_message_bytes, it.max_bytes):
                 out.append(OutboxFull(f"message of {size} bytes is larger than the bound"))
                 continue
@@ -229,12 +240,12 @@ class Outbox:
                 "WHERE id = 1",
                 (new_floor_seq, new_floor_cum, dropped),
             )
-            self.dropped_here += dropped
         if rows:
             conn.executemany(
                 "INSERT INTO outbox(seq, ts, topic, payload, flags, cum) VALUES (?,?,?,?,?,?)",
                 rows,
             )
+        self.dropped_here += dropped  # counted once the op can no longer fail
         refused = sum(1 for r in out if isinstance(r, OutboxFull))
         self.refused += refused
         self.appended += len(out) - refused

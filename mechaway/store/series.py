@@ -28,6 +28,7 @@ import orjson
 
 from mechaway.store.batching import Coalescer, attach, attached
 from mechaway.store.db import Database, register_migration
+from mechaway.store.encode import UnstorableValue, place, show, timestamp, to_json
 
 register_migration(
     202,
@@ -73,15 +74,22 @@ class _Sample:
     max_bytes: int | None
 
 
-def encode_value(v: Any) -> tuple[float | None, bytes | None]:
-    """A number (or bool) goes to ``value``; anything else to ``data`` as JSON."""
+def encode_value(v: Any, where: str = "a sample", *names: Any) -> tuple[float | None, bytes | None]:
+    """A number (or bool) goes to ``value``; anything else to ``data`` as JSON.
+
+    NaN and infinities are stored as a null sample; a value JSON has no form for raises
+    ``UnstorableValue`` naming ``place(where, *names)``.
+    """
     if isinstance(v, bool):
         return float(v), None
     if isinstance(v, int | float):
-        f = float(v)
+        try:
+            f = float(v)
+        except OverflowError:  # an int beyond a double's range: not a number we can keep
+            raise UnstorableValue(f"{place(where, *names)}: {show(v)} is out of range") from None
         if math.isfinite(f):
             return f, None
-    return None, orjson.dumps(v)
+    return None, to_json(v, where, *names)
 
 
 class SeriesStore:
@@ -128,14 +136,24 @@ class SeriesStore:
         max_age_s: float | None = None,
         max_bytes: int | None = None,
     ) -> asyncio.Future[None]:
-        """Queue one sample; the future resolves once it is committed."""
+        """Queue one sample; the future resolves once it is committed.
+
+        Raises ``ValueError`` (``UnstorableValue``) for a sample that cannot be kept: a
+        value JSON has no form for, a ``ts`` that is not a finite number, a sample larger
+        than the series' size bound (it would evict every other sample and then itself).
+        """
         if not name:
             raise ValueError("a series needs a name")
-        num, data = encode_value(value)
+        num, data = encode_value(value, "series %s", name)
+        t = timestamp(ts, "series %s", name)
+        cap = max_bytes if max_bytes is not None else self.default_max_bytes
+        if cap is not None and data is not None and ROW_COST + len(data) > cap:
+            raise UnstorableValue(
+                f"series {show(name)}: a sample of {ROW_COST + len(data)} bytes is larger "
+                f"than the series bound ({cap} bytes)"
+            )
         self.appended += 1
-        return self._co.add(
-            _Sample(name, time.time() if ts is None else ts, num, data, max_age_s, max_bytes)
-        )
+        return self._co.add(_Sample(name, t, num, data, max_age_s, max_bytes))
 
     @property
     def pending(self) -> int:

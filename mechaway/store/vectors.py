@@ -32,6 +32,7 @@ import orjson
 
 from mechaway.store.batching import Coalescer, attach, attached
 from mechaway.store.db import Database, register_migration
+from mechaway.store.encode import show, to_json
 
 log = logging.getLogger("mechaway.store.vectors")
 
@@ -59,6 +60,8 @@ register_migration(
 
 Metric = Literal["cosine", "l2"]
 MAX_DIM = 4096
+#: the largest finite float32
+_F32 = 3.4028234663852886e38
 
 
 class VectorError(ValueError):
@@ -84,8 +87,9 @@ def to_blob(vector: Any) -> bytes:
     if len(vector) > MAX_DIM:
         raise VectorError(f"vector has {len(vector)} dimensions (at most {MAX_DIM})")
     for x in vector:
-        if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
-            raise VectorError(f"vector element {x!r} is not a finite number")
+        # float32 range: beyond it ``array`` stores inf (NaN is outside any range too)
+        if isinstance(x, bool) or not isinstance(x, int | float) or not -_F32 <= x <= _F32:
+            raise VectorError(f"vector element {show(x)} is not a finite float32 number")
     return array("f", vector).tobytes()
 
 
@@ -253,7 +257,7 @@ class VectorStore:
         Beyond ``max_vectors`` in the collection the oldest are deleted.
         """
         blob = to_blob(vector)
-        m = None if meta is None else orjson.dumps(meta)
+        m = None if meta is None else to_json(meta, "metadata of a vector in %s", collection)
         self.added += 1
         return self._co.add(_Add(collection, blob, len(blob) // 4, key, m, max_vectors))
 
@@ -339,13 +343,16 @@ class VectorStore:
                 raise VectorError(
                     f"collection {collection!r} holds {row[1]}-d vectors, got {len(blob) // 4}"
                 )
+            # a distance float32 arithmetic cannot give (NaN: huge elements overflow) is
+            # NULL in SQL, which sorts first: it goes last, as an infinite distance
             rows = conn.execute(
                 f"SELECT id, key, meta, vec_distance_{metric}(vec, ?) AS d FROM vectors "
-                "WHERE collection_id = ? ORDER BY d LIMIT ?",
+                "WHERE collection_id = ? ORDER BY d IS NULL, d LIMIT ?",
                 (blob, row[0], k),
             ).fetchall()
         return [
-            Neighbor(str(r[1]) if r[1] is not None else str(r[0]), float(r[3]),
+            Neighbor(str(r[1]) if r[1] is not None else str(r[0]),
+                     math.inf if r[3] is None else float(r[3]),
                      None if r[2] is None else orjson.loads(r[2]))
             for r in rows
         ]  # fmt: skip
