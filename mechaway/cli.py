@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import re
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -35,23 +38,28 @@ class Api:
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"{self.url}/api/v1{path}", data=data, method=method)
+        try:
+            req = urllib.request.Request(f"{self.url}/api/v1{path}", data=data, method=method)
+        except ValueError as err:  # "notaurl", "http://[::1"
+            raise CliError(f"--url: {self.url!r} is not an http:// URL ({err})") from err
         req.add_header("Content-Type", "application/json")
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
-                return json.loads(resp.read() or b"null")
+                raw = resp.read()
         except urllib.error.HTTPError as err:
             try:
                 payload = json.loads(err.read() or b"{}")
             except ValueError:
                 payload = {}
+            if not isinstance(payload, dict):
+                payload = {}
             if err.code == 401:
                 raise CliError(
                     "the daemon refused the token (set --token or MECHAWAY_API_TOKEN)"
                 ) from err
-            if err.code == 400 and "issues" in payload:
+            if err.code == 400 and isinstance(payload.get("issues"), list):
                 from mechaway.errors import Issue
 
                 issues = [Issue(i["where"], i["message"]) for i in payload["issues"]]
@@ -63,10 +71,28 @@ class Api:
             ) from err
         except (TimeoutError, ConnectionError) as err:
             raise CliError(f"daemon at {self.url} did not answer ({err})") from err
+        except (http.client.HTTPException, ValueError) as err:  # not HTTP; a bad port in --url
+            why = " ".join(str(err).split())  # one line, whatever the peer sent
+            raise CliError(f"{self.url} is not a mechaway daemon ({why})") from err
+        try:
+            return json.loads(raw or b"null")
+        except ValueError as err:
+            raise CliError(f"{self.url} is not a mechaway daemon (its answer is not JSON)") from err
+
+
+#: what a bearer token may contain (it travels in an HTTP header)
+_TOKEN_RE = re.compile(r"[\x21-\x7e]+")
+
+
+def _quote(flow_id: str) -> str:
+    """A flow id as one URL path segment (``a b``, ``a/b``: the daemon answers 404)."""
+    return urllib.parse.quote(flow_id, safe="")
 
 
 def _api(args: argparse.Namespace) -> Api:
     url, token = args.url, args.token
+    if token and not _TOKEN_RE.fullmatch(token):
+        raise CliError("--token: must be printable ASCII without blanks")
     if url is None or token is None:
         settings = _settings(args)
         if url is None:
@@ -90,14 +116,19 @@ def cmd_start(args: argparse.Namespace) -> int:
     from mechaway.daemon import Daemon, run, setup_logging
 
     settings = _settings(args)
+    for flag, value in (("--flows", args.flows), ("--data-dir", args.data_dir)):
+        if value is not None and not value:
+            raise CliError(f"{flag}: must not be empty")
+        if value is not None and Path(value).exists() and not Path(value).is_dir():
+            raise CliError(f"{flag}: {value} is not a directory")
     if args.data_dir:
         settings = msgspec.structs.replace(
             settings, device=msgspec.structs.replace(settings.device, data_dir=args.data_dir)
         )
-    if args.listen:
+    if args.listen is not None:
         from mechaway.settings import is_loopback, parse_listen
 
-        host, _ = parse_listen(args.listen)
+        host, _ = parse_listen(args.listen, "--listen")
         if not settings.api.token and not is_loopback(host):
             raise ConfigError(f"--listen: refusing to listen on {host} without api.token")
         settings = msgspec.structs.replace(
@@ -112,15 +143,26 @@ def cmd_start(args: argparse.Namespace) -> int:
     return run(main)
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
+def _read_flow(name: str) -> Any:
+    """Read and decode a flow file; every failure, a parser's own bug too, is a FlowError."""
     from mechaway.flow.parse import read_file
+
+    try:
+        return read_file(Path(name))
+    except FlowError:
+        raise
+    except Exception as err:  # e.g. PyYAML's AttributeError on ``!!timestamp nope``
+        raise FlowError([_issue("", f"cannot parse: {err}")], name) from err
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
     from mechaway.flow.validate import validate
 
     _load_plugins()
     bad = 0
     for name in args.files:
         try:
-            validate(read_file(Path(name)), source=name)
+            validate(_read_flow(name), source=name)
         except FlowError as err:
             print(err.render(), file=sys.stderr)
             bad += 1
@@ -168,28 +210,30 @@ def cmd_flows(args: argparse.Namespace) -> int:
             state = "running" if f["running"] else ("disabled" if f["disabled"] else "stopped")
             print(f"{f['id']:<24} rev {f['rev']:<4} {state:<8} {f['source']:<8} {f['name']}")
     elif action == "show":
-        _print(api.call("GET", f"/flows/{args.id}"))
+        _print(api.call("GET", f"/flows/{_quote(args.id)}"))
     elif action == "deploy":
-        from mechaway.flow.parse import read_file
-
-        doc = read_file(Path(args.file))
+        doc = _read_flow(args.file)
         fid = doc.get("id") if isinstance(doc, dict) else None
         if not isinstance(fid, str) or not fid:
             raise FlowError([_issue("id", "missing flow id")], args.file)
-        result = api.call("PUT", f"/flows/{fid}", doc)
+        try:  # YAML holds more than JSON: dates, NaN
+            json.dumps(doc, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise FlowError([_issue("", f"not JSON-compatible: {err}")], args.file) from err
+        result = api.call("PUT", f"/flows/{_quote(fid)}", doc)
         print(
             f"{fid}: deployed rev {result['rev']}{'' if result['new_revision'] else ' (unchanged)'}"
         )
     elif action == "delete":
-        api.call("DELETE", f"/flows/{args.id}")
+        api.call("DELETE", f"/flows/{_quote(args.id)}")
         print(f"{args.id}: deleted")
     elif action == "history":
-        for r in api.call("GET", f"/flows/{args.id}/revisions"):
+        for r in api.call("GET", f"/flows/{_quote(args.id)}/revisions"):
             mark = "*" if r["active"] else " "
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"]))
             print(f"{mark} rev {r['rev']:<4} {r['source']:<8} {when}")
     elif action == "rollback":
-        result = api.call("POST", f"/flows/{args.id}/rollback", {"rev": args.rev})
+        result = api.call("POST", f"/flows/{_quote(args.id)}/rollback", {"rev": args.rev})
         print(f"{args.id}: rolled back to rev {args.rev} (now rev {result['rev']})")
     return 0
 

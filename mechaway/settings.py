@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from mechaway.errors import ConfigError
 
 CONFIG_ENV = "MECHAWAY_CONFIG"
+#: a config file larger than this is refused unread (a wrong path: a log, a device, ...)
+MAX_CONFIG_BYTES = 1024 * 1024
 
 
 def default_data_dir() -> str:
@@ -32,17 +35,21 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
+#: a string that must not be empty (an empty path would silently mean the current directory)
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+
+
 class DeviceSettings(_Section):
-    id: str = msgspec.field(default_factory=socket.gethostname)
-    data_dir: str = msgspec.field(default_factory=default_data_dir)
+    id: NonEmpty = msgspec.field(default_factory=socket.gethostname)
+    data_dir: NonEmpty = msgspec.field(default_factory=default_data_dir)
 
 
 class ApiSettings(_Section):
     #: host:port of the admin API; beyond loopback only with a token
     listen: str = "127.0.0.1:7700"
-    token: str | None = None
+    token: NonEmpty | None = None
     #: largest request body accepted (flow documents, webhooks)
-    max_body_bytes: int = 1024 * 1024
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1, le=1024**3)] = 1024 * 1024
     enabled: bool = True
     #: import the HTTP stack at the first request instead of at start (saves ~16 MB RSS
     #: on a device nobody queries; the first request takes ~0.2 s longer)
@@ -51,9 +58,9 @@ class ApiSettings(_Section):
 
 class FlowsSettings(_Section):
     #: directory of *.json / *.yaml flow files, watched for changes
-    dir: str | None = None
+    dir: NonEmpty | None = None
     #: seconds between scans of the directory (SIGHUP rescans at once)
-    poll_interval: float = 1.0
+    poll_interval: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 1.0
 
 
 class HubSettings(_Section):
@@ -64,20 +71,14 @@ class HubSettings(_Section):
 
 class EngineSettings(_Section):
     #: bound on draining a sink's queue or stopping a node
-    stop_timeout: float = 5.0
+    stop_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
 
 
 class StoreSettings(_Section):
     #: group-commit window: longer = fewer fsyncs and bytes per message, later acks
-    commit_interval_ms: float = 10.0
+    commit_interval_ms: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 10.0
     #: how often changed node context (``persist: true``) is saved
-    context_interval_s: float = 2.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.commit_interval_ms <= 1000:
-            raise ValueError("commit_interval_ms must be within (0, 1000]")
-        if self.context_interval_s <= 0:
-            raise ValueError("context_interval_s must be > 0")
+    context_interval_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 2.0
 
 
 class LogSettings(_Section):
@@ -104,13 +105,48 @@ class Settings(_Section):
         return self.data_dir / "mechaway.db"
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``"127.0.0.1:7700"`` / ``"[::1]:7700"`` -> (host, port); ConfigError when malformed."""
+#: a host name (labels of letters, digits, ``-`` and, as container names have them, ``_``)
+#: or an IP address: a NUL, a blank or a 64-character label would fail later, not as OSError
+_HOST_RE = re.compile(r"[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?")
+#: a device id goes into MQTT topics and client ids: no wildcards, separators or blanks
+_DEVICE_ID_RE = re.compile(r"[^/+#\s\x00-\x1f\x7f]{1,253}")
+#: a bearer token travels in an HTTP header: printable ASCII, no blanks
+_TOKEN_RE = re.compile(r"[\x21-\x7e]+")
+
+
+def parse_listen(listen: str, where: str = "api.listen") -> tuple[str, int]:
+    """``"127.0.0.1:7700"`` / ``"[::1]:7700"`` -> (host, port); ConfigError when malformed.
+
+    ``where`` names the setting in the error (``--listen`` for the command-line flag).
+    """
     host, sep, port_s = listen.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
-        raise ConfigError(f"api.listen: {listen!r} is not host:port")
+    ok = (
+        sep
+        and host
+        and port_s.isascii()
+        and port_s.isdigit()
+        and len(port_s) <= 5
+        and 0 < int(port_s) < 65536
+        and (_is_ip(host) or (len(host) <= 253 and _HOST_RE.fullmatch(host) is not None))
+    )
+    if not ok:
+        raise ConfigError(f"{where}: {_short(listen)} is not host:port")
     return host, int(port_s)
+
+
+def _short(value: str, limit: int = 60) -> str:
+    """``repr`` of a value for an error line, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def is_loopback(host: str) -> bool:
@@ -120,19 +156,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _env_overrides(raw: dict[str, Any], env: dict[str, str]) -> None:
-    """``MECHAWAY_API_TOKEN=x`` sets ``[api] token``; unknown names are errors too."""
-    for name, value in env.items():
-        if not name.startswith("MECHAWAY_") or name == CONFIG_ENV:
-            continue
-        rest = name[len("MECHAWAY_") :].lower()
-        section, _, key = rest.partition("_")
-        known = _SECTION_KEYS.get(section)
-        if known is None or key not in known:
-            raise ConfigError(f"environment: {name} is not a known setting")
-        raw.setdefault(section, {})[key] = value
 
 
 _SECTION_KEYS = {
@@ -149,38 +172,149 @@ _SECTION_KEYS = {
 }
 
 
-def _where(err: msgspec.ValidationError) -> str:
-    text = str(err)
-    head, _, path = text.partition(" - at `$")
-    where = path.rstrip("`").lstrip(".")
-    return f"{where}: {head}" if where else head
+class _Places:
+    """Where each setting came from, so an error names the file or the environment variable."""
+
+    def __init__(self, source: str | None) -> None:
+        self.source = source
+        #: (section, key) -> the MECHAWAY_* variable that set it
+        self.env: dict[tuple[str, str], str] = {}
+
+    def of(self, dotted: str) -> str:
+        """``api.token`` -> ``/etc/mechaway.toml: api.token`` or ``MECHAWAY_API_TOKEN``."""
+        section, _, rest = dotted.partition(".")
+        name = self.env.get((section, rest.partition(".")[0]))
+        if name is not None:
+            return f"environment: {name} ({dotted})"
+        return f"{self.source}: {dotted}" if self.source else dotted
+
+    def error(self, dotted: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.of(dotted)}: {message}")
+
+
+def _env_overrides(raw: dict[str, Any], env: dict[str, str], places: _Places) -> None:
+    """``MECHAWAY_API_TOKEN=x`` sets ``[api] token``; unknown names are errors too."""
+    for name, value in sorted(env.items()):
+        if not name.startswith("MECHAWAY_") or name == CONFIG_ENV:
+            continue
+        rest = name[len("MECHAWAY_") :].lower()
+        section, _, key = rest.partition("_")
+        known = _SECTION_KEYS.get(section)
+        if known is None or key not in known:
+            raise ConfigError(f"environment: {name} is not a known setting")
+        raw.setdefault(section, {})[key] = value  # the file's sections are tables (checked)
+        places.env[(section, key)] = name
+
+
+def _toml_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return f"a {type(value).__name__}"
+
+
+def _read_toml(p: Path) -> dict[str, Any]:
+    """The parsed file; every way it can be unusable is one ConfigError naming it."""
+    try:
+        with p.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot read config: {err.strerror or err}") from err
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{p}: larger than {MAX_CONFIG_BYTES // 1024} KiB: not a config file?")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ConfigError(f"{p}: invalid TOML: line {line}: not UTF-8 text") from err
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{p}: invalid TOML: {err}") from err
+    except RecursionError as err:  # a = [[[[... thousands deep
+        raise ConfigError(f"{p}: invalid TOML: nested too deeply") from err
+    except ValueError as err:  # an integer of more than 4300 digits
+        raise ConfigError(f"{p}: invalid TOML: {err}") from err
+
+
+def _convert(raw: dict[str, Any], places: _Places, *, strict: bool) -> Settings:
+    """``strict`` for the file (TOML has types: ``"10"`` is not a number there); the
+    environment only has strings, so values that came from it are converted leniently."""
+    mqtt = raw.get("mqtt")
+    if isinstance(mqtt, dict):  # msgspec would say ``mqtt[...]``: name the connection
+        for name, table in mqtt.items():
+            if not isinstance(table, dict):
+                raise places.error(
+                    f"mqtt.{name}", f"expected a table [mqtt.{name}], got {_toml_type(table)}"
+                )
+    try:
+        return msgspec.convert(raw, Settings, strict=strict)
+    except msgspec.ValidationError as err:
+        text = str(err).replace("Object contains unknown field", "unknown key")
+        head, _, path = text.partition(" - at `$")
+        where = path.rstrip("`").lstrip(".")
+        if not where:
+            raise ConfigError(f"{places.source or 'config'}: {head}") from err
+        raise places.error(where, head) from err
+
+
+def _check(settings: Settings, places: _Places) -> None:
+    """What the types alone do not say."""
+    if not _DEVICE_ID_RE.fullmatch(settings.device.id):
+        raise places.error(
+            "device.id",
+            f"{_short(settings.device.id)} is not a usable device id (it goes into MQTT topics:"
+            " no / + # blanks or control characters, at most 253 characters)",
+        )
+    for dotted, value in (
+        ("device.data_dir", settings.device.data_dir),
+        ("flows.dir", settings.flows.dir),
+    ):
+        if value is not None and "\0" in value:
+            raise places.error(dotted, "a path cannot contain a NUL character")
+    token = settings.api.token
+    if token is not None and not _TOKEN_RE.fullmatch(token):
+        raise places.error(
+            "api.token", "must be printable ASCII without blanks (it travels in an HTTP header)"
+        )
+    try:
+        host, _port = parse_listen(settings.api.listen, "")
+    except ConfigError:
+        raise places.error(
+            "api.listen", f"{_short(settings.api.listen)} is not host:port"
+        ) from None
+    if settings.api.enabled and not settings.api.token and not is_loopback(host):
+        raise places.error(
+            "api.listen",
+            f"refusing to listen on {host} without api.token (set a token, or listen on 127.0.0.1)",
+        )
 
 
 def load_settings(path: str | Path | None = None, *, env: dict[str, str] | None = None) -> Settings:
-    """Read the config file (``path``, else ``$MECHAWAY_CONFIG``, else defaults) and env."""
+    """Read the config file (``path``, else ``$MECHAWAY_CONFIG``, else defaults) and env.
+
+    Every mistake is one ``ConfigError`` that names the file and key, or the variable.
+    """
     env = dict(os.environ) if env is None else env
     source = str(path) if path is not None else env.get(CONFIG_ENV)
-    raw: dict[str, Any] = {}
-    if source:
-        p = Path(source)
-        try:
-            raw = tomllib.loads(p.read_text())
-        except OSError as err:
-            raise ConfigError(f"{p}: cannot read config: {err.strerror or err}") from err
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{p}: invalid TOML: {err}") from err
-    _env_overrides(raw, env)
-    try:
-        settings = msgspec.convert(raw, Settings, strict=False)
-    except msgspec.ValidationError as err:
-        msg = _where(err).replace("Object contains unknown field", "unknown key")
-        raise ConfigError(f"{source or 'config'}: {msg}") from err
-    host, _port = parse_listen(settings.api.listen)
-    if settings.api.enabled and not settings.api.token and not is_loopback(host):
-        raise ConfigError(
-            f"api.listen: refusing to listen on {host} without api.token "
-            "(set a token, or listen on 127.0.0.1)"
-        )
-    if settings.flows.poll_interval <= 0:
-        raise ConfigError("flows.poll_interval: must be > 0")
+    places = _Places(source or None)
+    raw = _read_toml(Path(source)) if source else {}
+    _convert(raw, places, strict=True)
+    _env_overrides(raw, env, places)
+    settings = _convert(raw, places, strict=False)
+    _check(settings, places)
+    if settings.mqtt:
+        # checked again by the daemon at start; here too, so the error names the file
+        from mechaway.drivers.mqtt import parse_settings
+
+        for name, table in settings.mqtt.items():
+            try:
+                parse_settings(table, f"mqtt.{name}")
+            except ConfigError as err:
+                raise ConfigError(f"{places.source or 'config'}: {err}") from err
     return settings

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
+import os
+import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mechaway.errors import FlowError
+from mechaway.errors import FlowError, Issue
 from mechaway.flow.diff import FlowDiff
-from mechaway.flow.parse import FLOW_SUFFIXES, read_file
+from mechaway.flow.parse import FLOW_SUFFIXES, format_for, parse_text
 from mechaway.flow.validate import validate
 from mechaway.runtime.engine import Engine
 from mechaway.store.flows import FlowStore, Source
@@ -109,11 +112,90 @@ class FlowManager:
                 log.error("flow %s rev %d could not start: %s", revision.flow_id, revision.rev, err)
 
 
+#: a flow file larger than this is refused unread: a flow document is kilobytes, and the
+#: whole file is held, parsed and validated at once
+MAX_FLOW_FILE_BYTES = 4 * 1024 * 1024
+
+#: what a directory entry looked like at the last scan; a change means "read it again".
+#: Inode and ctime catch a same-size rewrite within the mtime granularity (FAT: 2 s), an
+#: atomic rename, and a ``chmod`` that makes an unreadable file readable again.
+_Signature = tuple[int, ...]
+
+
 @dataclass
 class _FileState:
     digest: str
+    #: the flow this file deployed (and keeps running while the file is broken)
     flow_id: str | None
     error: str = ""
+    #: the flow id the file's document declares, when it parsed that far
+    declared: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One flow file candidate found by a scan; ``problem`` when it cannot be a flow file."""
+
+    path: Path
+    sig: _Signature
+    problem: str = ""
+
+
+def display_path(path: Path) -> str:
+    """``str(path)`` that is valid UTF-8 (a file name may hold any bytes): it goes to JSON."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _list_dir(directory: Path) -> list[_Entry]:
+    """The flow file candidates in ``directory`` (blocking: run in a thread). Raises OSError
+    when the directory itself cannot be listed."""
+    entries = []
+    with os.scandir(directory) as it:
+        names = [e.name for e in it]
+    for name in sorted(names):
+        path = directory / name
+        if name.startswith(".") or path.suffix.lower() not in FLOW_SUFFIXES:
+            continue
+        try:
+            st = path.stat()  # follows symlinks: a link to a flow file is a flow file
+        except FileNotFoundError:
+            if not os.path.lexists(path):
+                continue  # removed between the listing and now: gone, not broken
+            entries.append(_Entry(path, (-1, errno.ENOENT), "dangling symlink: target not found"))
+            continue
+        except OSError as err:  # ELOOP (a symlink loop), EACCES on a directory on the way
+            entries.append(_Entry(path, (-1, err.errno or 0), f"cannot read: {err.strerror}"))
+            continue
+        kind = stat.S_IFMT(st.st_mode)
+        if kind == stat.S_IFREG:
+            entries.append(_Entry(path, (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)))
+        else:
+            what = "a directory" if kind == stat.S_IFDIR else "not a regular file"
+            entries.append(_Entry(path, (-2, kind, st.st_ino), f"{what}, not a flow file"))
+    return entries
+
+
+def _read_capped(path: Path) -> bytes | None:
+    """The file's bytes, or None when it is larger than ``MAX_FLOW_FILE_BYTES`` (blocking).
+
+    Opened non-blocking so that a FIFO swapped in after the scan cannot hang the thread.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        data = f.read(MAX_FLOW_FILE_BYTES + 1)
+    return None if len(data) > MAX_FLOW_FILE_BYTES else data
+
+
+def _parse(data: bytes, path: Path, origin: str) -> Any:
+    """Decode a flow file's bytes; any failure, a parser's own bug too, is a FlowError."""
+    try:
+        return parse_text(data, fmt=format_for(path), source=origin)
+    except FlowError:
+        raise
+    except Exception as err:  # e.g. PyYAML's AttributeError on ``!!timestamp nope``
+        raise FlowError([Issue("", f"cannot parse: {err}")], origin) from err
 
 
 @dataclass
@@ -122,18 +204,26 @@ class FlowDirWatcher:
 
     Polling (stat of a handful of files once a second) needs no extra dependency or
     thread and works on every filesystem, including the SD card's and network mounts.
+
+    A file that cannot be used (unreadable, not JSON/YAML, invalid, too large, a directory
+    or a dangling symlink by that name, a second file for a flow another file defines)
+    never stops what runs: its error is in ``errors()`` and the last good revision stays.
+    A directory that cannot be listed (unmounted, permissions) keeps every flow running.
     """
 
     manager: FlowManager
     directory: Path
     interval: float = 1.0
     files: dict[Path, _FileState] = field(default_factory=dict)
-    _mtimes: dict[Path, tuple[float, int]] = field(default_factory=dict)
+    _mtimes: dict[Path, _Signature] = field(default_factory=dict)
+    _present: set[Path] = field(default_factory=set)
+    #: why the directory could not be listed at the last scan ("" when it could)
+    _listing_error: str | None = None
     _task: OwnedTask = field(default_factory=lambda: OwnedTask("mechaway.flows.watcher"))
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def errors(self) -> dict[str, str]:
-        return {str(p): s.error for p, s in self.files.items() if s.error}
+        return {display_path(p): s.error for p, s in self.files.items() if s.error}
 
     async def start(self) -> None:
         await self.scan()
@@ -149,6 +239,8 @@ class FlowDirWatcher:
         The file is the source of truth for a file-deployed flow; a flow whose active
         revision came from the API, the hub or a rollback is left alone.
         """
+        if self._listing_error != "":
+            return  # the directory could not be listed: nothing is known to be gone
         if any(s.error for s in self.files.values()):
             return  # a rejected file may be the vanished flow's: keep everything running
         from_files = {s.flow_id for s in self.files.values() if s.flow_id}
@@ -177,60 +269,132 @@ class FlowDirWatcher:
     async def scan(self, *, force: bool = False) -> None:
         """One pass over the directory."""
         try:
-            present = sorted(
-                p
-                for p in self.directory.iterdir()
-                if p.suffix.lower() in FLOW_SUFFIXES and p.is_file() and not p.name.startswith(".")
-            )
+            entries = await asyncio.to_thread(_list_dir, self.directory)
         except OSError as err:
-            log.warning("flows dir %s: %s", self.directory, err.strerror or err)
-            present = []
-        for path in present:
-            try:
-                st = path.stat()
-            except OSError:
+            # unmounted, removed, no permission: not "every file was deleted"
+            why = f"flows dir {self.directory}: {err.strerror or err}; running flows kept"
+            if why != self._listing_error:
+                log.warning("%s", why)
+            self._listing_error = why
+            return
+        if self._listing_error:
+            log.info("flows dir %s can be listed again", self.directory)
+        self._listing_error = ""
+        self._present = {e.path for e in entries}
+        for entry in entries:
+            if not force and self._mtimes.get(entry.path) == entry.sig:
                 continue
-            sig = (st.st_mtime, st.st_size)
-            if not force and self._mtimes.get(path) == sig:
-                continue
-            self._mtimes[path] = sig
-            await self._load(path)
-        for path in [p for p in self.files if p not in present]:
+            self._mtimes[entry.path] = entry.sig
+            if entry.problem:
+                self._reject(entry.path, entry.problem)
+            else:
+                await self._load(entry.path)
+        for path in [p for p in self.files if p not in self._present]:
             state = self.files.pop(path)
             self._mtimes.pop(path, None)
-            if state.flow_id and not any(s.flow_id == state.flow_id for s in self.files.values()):
-                log.info("%s removed: deleting flow %s", path, state.flow_id)
-                await self.manager.delete(state.flow_id)
+            if state.flow_id:
+                await self._release(state.flow_id, f"{display_path(path)} removed")
+
+    def _reject(self, path: Path, message: str) -> None:
+        """``path`` cannot be used now: report it, keep what it runs."""
+        prev = self.files.get(path)
+        state = _FileState("", prev.flow_id if prev else None)
+        state.declared = prev.declared if prev else None
+        state.error = f"{display_path(path)}: {message}"
+        self.files[path] = state
+        log.error("flow file rejected, running revision kept: %s", state.error)
+
+    def _runs(self, flow_id: str, other_than: Path | None = None) -> Path | None:
+        """The present file (not ``other_than``) whose flow ``flow_id`` is."""
+        for p, s in self.files.items():
+            if p != other_than and p in self._present and s.flow_id == flow_id:
+                return p
+        return None
+
+    async def _release(self, flow_id: str, why: str) -> None:
+        """No file runs ``flow_id`` any more: a file that declares it takes over, else it stops."""
+        if self._runs(flow_id) is not None:
+            return
+        for p, s in list(self.files.items()):
+            if p in self._present and s.error and s.declared == flow_id:
+                await self._load(p)  # e.g. refused as a duplicate of the file that went
+                if self.files[p].flow_id == flow_id:
+                    log.info("%s: flow %s now comes from %s", why, flow_id, display_path(p))
+                    return
+        log.info("%s: deleting flow %s", why, flow_id)
+        await self.manager.delete(flow_id)
 
     async def _load(self, path: Path) -> None:
+        origin = display_path(path)
         try:
-            data = await asyncio.to_thread(path.read_bytes)
+            data = await asyncio.to_thread(_read_capped, path)
+        except FileNotFoundError:
+            return  # removed since the scan listed it: the next scan sees it gone
         except OSError as err:
-            log.warning("%s: %s", path, err.strerror or err)
+            self._reject(path, f"cannot read: {err.strerror or err}")
+            return
+        if data is None:
+            self._reject(path, f"larger than {MAX_FLOW_FILE_BYTES // 1024} KiB, not read")
             return
         digest = hashlib.sha256(data).hexdigest()
         prev = self.files.get(path)
         if prev is not None and prev.digest == digest and not prev.error:
             return  # unchanged; a file that failed is retried on a forced scan (SIGHUP)
+        # published in ``files`` once the outcome is known: status never shows a broken
+        # file as fine while it is being parsed or deployed
         state = _FileState(digest, prev.flow_id if prev else None)
-        self.files[path] = state
         try:
-            raw = read_file(path)
-            result = await self.manager.deploy(raw, "file", origin=str(path))
+            # in a thread: a large YAML document takes a while, the flows keep running
+            raw = await asyncio.to_thread(_parse, data, path, origin)
+            fid = raw.get("id") if isinstance(raw, dict) else None
+            state.declared = fid if isinstance(fid, str) else None
+            if state.declared is not None:
+                owner = self._runs(state.declared, path)
+                if owner is not None:
+                    raise FlowError(
+                        [
+                            Issue(
+                                "id",
+                                f"flow {state.declared!r} is already defined by"
+                                f" {display_path(owner)}: this file is ignored",
+                            )
+                        ],
+                        origin,
+                    )
+            result = await self.manager.deploy(raw, "file", origin=origin)
         except FlowError as err:
             state.error = err.render()
+            self.files[path] = state
             log.error("flow file rejected, running revision kept:\n%s", state.error)
+            await self._adopt_or_retire(path, state, prev)
             return
         except Exception as err:
-            state.error = f"{path}: {err}"
-            log.exception("flow file %s failed to deploy", path)
+            state.error = f"{origin}: {err}"
+            self.files[path] = state
+            log.exception("flow file %s failed to deploy", origin)
             return
         state.flow_id = result.flow_id
+        self.files[path] = state
         retired = prev.flow_id if prev else None
-        if (
-            retired
-            and retired != result.flow_id
-            and not any(s.flow_id == retired for s in self.files.values())
-        ):
-            log.info("%s now defines flow %s: deleting flow %s", path, result.flow_id, retired)
-            await self.manager.delete(retired)
+        if retired and retired != result.flow_id:
+            await self._release(retired, f"{origin} now defines flow {result.flow_id}")
+
+    async def _adopt_or_retire(
+        self, path: Path, state: _FileState, prev: _FileState | None
+    ) -> None:
+        """After a rejected document: which flow, if any, this file now stands for."""
+        declared = state.declared
+        if declared is None or declared == state.flow_id:
+            return  # unknown, or the flow it runs: that revision stays
+        if self._runs(declared, path) is not None:
+            # valid but a duplicate: the file plainly no longer defines its old flow
+            retired, state.flow_id = state.flow_id, None
+            if retired:
+                await self._release(retired, f"{display_path(path)} now defines flow {declared}")
+            return
+        if state.flow_id is None and prev is None:
+            # first sight since start, broken: if its flow runs from a file revision, the
+            # file still stands for it (removing the file will stop it)
+            active = next((r for r in self.manager.store.active() if r.flow_id == declared), None)
+            if active is not None and active.source == "file":
+                state.flow_id = declared

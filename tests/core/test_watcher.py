@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-import pytest_asyncio
 
 from mechaway.nodes.base import SourceNode
 from mechaway.nodes.registry import register_node
-from mechaway.runtime.engine import Engine
-from mechaway.runtime.manager import FlowDirWatcher, FlowManager
-from mechaway.store.db import Database
-from mechaway.store.flows import FlowStore
+from mechaway.runtime.manager import FlowDirWatcher
 
 from .util import IDLE_SOURCE, doc, edge, node
 
@@ -42,22 +37,6 @@ def put(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(data if isinstance(data, str) else json.dumps(data))
     os.replace(tmp, path)
-
-
-@pytest_asyncio.fixture
-async def watcher(tmp_path: Path) -> AsyncIterator[FlowDirWatcher]:
-    db = Database(tmp_path / "mechaway.db")
-    db.open()
-    engine = Engine(stop_timeout=2.0)
-    flows = tmp_path / "flows"
-    flows.mkdir()
-    w = FlowDirWatcher(FlowManager(engine, FlowStore(db)), flows, interval=3600)
-    try:
-        yield w
-    finally:
-        await w.stop()
-        await engine.stop()
-        await db.close()
 
 
 def running(w: FlowDirWatcher) -> dict[str, int]:
