@@ -144,15 +144,9 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def _read_flow(name: str) -> Any:
-    """Read and decode a flow file; every failure, a parser's own bug too, is a FlowError."""
     from mechaway.flow.parse import read_file
 
-    try:
-        return read_file(Path(name))
-    except FlowError:
-        raise
-    except Exception as err:  # e.g. PyYAML's AttributeError on ``!!timestamp nope``
-        raise FlowError([_issue("", f"cannot parse: {err}")], name) from err
+    return read_file(Path(name))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -59,3 +59,16 @@ class LimitExceeded(SandboxError):
 
 class StoreError(MechawayError):
     """The SQLite store could not be opened or written."""
+
+
+#: longest error text kept in status, logs and error messages: a node that puts a whole
+#: (outside) value into its exception must not put 100 KB into every status call
+MAX_ERROR_TEXT = 500
+
+
+def error_text(exc: BaseException) -> str:
+    """``str(exc)``, cut to ``MAX_ERROR_TEXT`` characters."""
+    text = str(exc)
+    if len(text) > MAX_ERROR_TEXT:
+        text = f"{text[: MAX_ERROR_TEXT - 30]}... ({len(text)} characters)"
+    return text

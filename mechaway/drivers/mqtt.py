@@ -81,7 +81,8 @@ class MqttSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     keepalive: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 60
     #: False = persistent session (MQTT 5: kept ``session_expiry`` seconds after a drop)
     clean_session: bool = True
-    session_expiry: Annotated[int, msgspec.Meta(ge=0)] = 3600
+    #: MQTT 5 carries it in 4 bytes (0xFFFFFFFF = never expires)
+    session_expiry: Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)] = 3600
     protocol: Literal["3.1.1", "5"] = "5"
     #: larger incoming payloads are dropped and counted before any handler; larger
     #: outgoing ones are refused and counted (MQTT caps a packet at 256 MB)
@@ -94,9 +95,9 @@ class MqttSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_inflight: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 100
     #: QoS 0 is dropped (counted) while this much is unsent in the socket's buffer
     max_write_buffer_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 4 * 1024 * 1024
-    reconnect_min: Annotated[float, msgspec.Meta(gt=0)] = 0.5
-    reconnect_max: Annotated[float, msgspec.Meta(gt=0)] = 30.0
-    connect_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    reconnect_min: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 0.5
+    reconnect_max: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    connect_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
     #: publish retained ``online``/``offline`` on ``mechaway/<device id>/status``
     birth: bool = True
 

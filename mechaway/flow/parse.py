@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +13,10 @@ import orjson
 from mechaway.errors import FlowError, Issue
 
 FLOW_SUFFIXES = (".json", ".yaml", ".yml")
+
+#: a flow file larger than this is refused unread: a flow document is kilobytes, and the
+#: whole file is held, parsed and validated at once
+MAX_FLOW_FILE_BYTES = 4 * 1024 * 1024
 
 #: Most values a YAML document may expand to, counting a value reached through an alias
 #: once per alias. A 1 KB "billion laughs" document (anchors of ten aliases of anchors)
@@ -39,8 +46,10 @@ def parse_text(text: str | bytes, *, fmt: str = "json", source: str = "") -> Any
             where = f"line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
             problem = " ".join((getattr(err, "problem", None) or str(err)).split())
             raise FlowError([Issue(where, f"invalid YAML: {problem}")], source) from err
-        except (ValueError, RecursionError) as err:  # 2024-13-45 as a date; [[[[... too deep
-            raise FlowError([Issue("", f"invalid YAML: {err}")], source) from err
+        except Exception as err:  # 2024-13-45 as a date; PyYAML's AttributeError on
+            # ``!!timestamp nope``; [[[[... too deep for the pure-Python composer
+            problem = " ".join(str(err).split()) or type(err).__name__
+            raise FlowError([Issue("", f"invalid YAML: {problem}")], source) from err
         _check_expansion(doc, source)
         return doc
     raise ValueError(f"unknown format {fmt!r}")
@@ -87,10 +96,29 @@ def format_for(path: Path) -> str:
     return "yaml" if path.suffix.lower() in (".yaml", ".yml") else "json"
 
 
+def read_capped(path: Path) -> bytes | None:
+    """The file's bytes, or None when it is larger than ``MAX_FLOW_FILE_BYTES`` (blocking).
+
+    Opened non-blocking, so a FIFO by a flow file's name cannot hang the reader; anything
+    but a regular file is an ``OSError``.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        data = f.read(MAX_FLOW_FILE_BYTES + 1)
+    return None if len(data) > MAX_FLOW_FILE_BYTES else data
+
+
 def read_file(path: Path) -> Any:
-    """Read and decode a flow file; a missing/unreadable file is a ``FlowError`` too."""
+    """Read and decode a flow file; a missing, unreadable or oversized file is a
+    ``FlowError`` too."""
     try:
-        data = path.read_bytes()
+        data = read_capped(path)
     except OSError as err:
         raise FlowError([Issue("", f"cannot read: {err.strerror or err}")], str(path)) from err
+    if data is None:
+        raise FlowError(
+            [Issue("", f"larger than {MAX_FLOW_FILE_BYTES // 1024} KiB, not read")], str(path)
+        )
     return parse_text(data, fmt=format_for(path), source=str(path))

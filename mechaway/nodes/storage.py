@@ -17,7 +17,7 @@ import math
 import time
 from typing import Any, ClassVar, Literal
 
-from mechaway.errors import StoreError
+from mechaway.errors import StoreError, error_text
 from mechaway.nodes.base import (
     Message,
     Node,
@@ -112,7 +112,7 @@ class _Inflight:
         if exc is not None:
             st = self.node.stats
             st.errors += 1
-            st.last_error = f"{type(exc).__name__}: {exc}"
+            st.last_error = f"{type(exc).__name__}: {error_text(exc)}"
             st.last_error_ts = time.time()
             self.node.ctx.burst.warning("write failed: %s", st.last_error)
 

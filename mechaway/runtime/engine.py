@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mechaway.errors import FlowError, Issue
+from mechaway.errors import FlowError, Issue, error_text
 from mechaway.flow.diff import FlowDiff, diff
 from mechaway.flow.validate import ValidFlow
 from mechaway.nodes.base import Message, Node, NodeStats, SinkParams
@@ -34,7 +34,7 @@ def _error_message(flow_id: str, node_id: str, msg: Message, exc: BaseException)
             "flow": flow_id,
             "node": node_id,
             "type": type(exc).__name__,
-            "message": str(exc),
+            "message": error_text(exc),
         },
     }
 
@@ -80,7 +80,7 @@ class Router:
         """Count an error, log it once per burst, send the message to the ``error`` port."""
         st = self.stats
         st.errors += 1
-        st.last_error = f"{type(exc).__name__}: {exc}"
+        st.last_error = f"{type(exc).__name__}: {error_text(exc)}"
         st.last_error_ts = time.time()
         self.node.ctx.burst.warning("node failed: %s", st.last_error)
         if self.errors:

@@ -19,7 +19,8 @@ from typing import Any
 
 from mechaway.errors import FlowError, Issue
 from mechaway.flow.diff import FlowDiff
-from mechaway.flow.parse import FLOW_SUFFIXES, format_for, parse_text
+from mechaway.flow.parse import FLOW_SUFFIXES, MAX_FLOW_FILE_BYTES, format_for, parse_text
+from mechaway.flow.parse import read_capped as _read_capped
 from mechaway.flow.validate import validate
 from mechaway.runtime.engine import Engine
 from mechaway.store.flows import FlowStore, Source
@@ -112,10 +113,6 @@ class FlowManager:
                 log.error("flow %s rev %d could not start: %s", revision.flow_id, revision.rev, err)
 
 
-#: a flow file larger than this is refused unread: a flow document is kilobytes, and the
-#: whole file is held, parsed and validated at once
-MAX_FLOW_FILE_BYTES = 4 * 1024 * 1024
-
 #: what a directory entry looked like at the last scan; a change means "read it again".
 #: Inode and ctime catch a same-size rewrite within the mtime granularity (FAT: 2 s), an
 #: atomic rename, and a ``chmod`` that makes an unreadable file readable again.
@@ -173,29 +170,6 @@ def _list_dir(directory: Path) -> list[_Entry]:
             what = "a directory" if kind == stat.S_IFDIR else "not a regular file"
             entries.append(_Entry(path, (-2, kind, st.st_ino), f"{what}, not a flow file"))
     return entries
-
-
-def _read_capped(path: Path) -> bytes | None:
-    """The file's bytes, or None when it is larger than ``MAX_FLOW_FILE_BYTES`` (blocking).
-
-    Opened non-blocking so that a FIFO swapped in after the scan cannot hang the thread.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        data = f.read(MAX_FLOW_FILE_BYTES + 1)
-    return None if len(data) > MAX_FLOW_FILE_BYTES else data
-
-
-def _parse(data: bytes, path: Path, origin: str) -> Any:
-    """Decode a flow file's bytes; any failure, a parser's own bug too, is a FlowError."""
-    try:
-        return parse_text(data, fmt=format_for(path), source=origin)
-    except FlowError:
-        raise
-    except Exception as err:  # e.g. PyYAML's AttributeError on ``!!timestamp nope``
-        raise FlowError([Issue("", f"cannot parse: {err}")], origin) from err
 
 
 @dataclass
@@ -345,7 +319,7 @@ class FlowDirWatcher:
         state = _FileState(digest, prev.flow_id if prev else None)
         try:
             # in a thread: a large YAML document takes a while, the flows keep running
-            raw = await asyncio.to_thread(_parse, data, path, origin)
+            raw = await asyncio.to_thread(parse_text, data, fmt=format_for(path), source=origin)
             fid = raw.get("id") if isinstance(raw, dict) else None
             state.declared = fid if isinstance(fid, str) else None
             if state.declared is not None:

@@ -35,8 +35,8 @@ class BrokerError(MechawayError):
 
 
 def find_mosquitto() -> str:
-    """Path of the mosquitto binary (``MECHAWAY_MOSQUITTO`` overrides); BrokerError if none."""
-    env = os.environ.get("MECHAWAY_MOSQUITTO")
+    """Path of the mosquitto binary (``MW_MOSQUITTO`` overrides); BrokerError if none."""
+    env = os.environ.get("MW_MOSQUITTO")
     if env:
         return env
     found = shutil.which("mosquitto")
@@ -45,7 +45,7 @@ def find_mosquitto() -> str:
     for path in _CANDIDATES:
         if os.access(path, os.X_OK):
             return path
-    raise BrokerError("mosquitto not found: apt-get install mosquitto, or set MECHAWAY_MOSQUITTO")
+    raise BrokerError("mosquitto not found: apt-get install mosquitto, or set MW_MOSQUITTO")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -650,3 +650,15 @@ async def test_pair_results_route_alike_on_every_path(engine: Engine) -> None:
     assert st["out"] == 5
     assert st["errors"] == 3
     assert "bad result from process()" in st["last_error"]
+
+
+@pytest.mark.asyncio
+async def test_a_huge_error_text_is_cut_in_status_and_error_messages(engine: Engine) -> None:
+    raw = single("f", "FailNode", {"on": "x" * 100_000}, ports=("out", "error"))
+    await deploy(engine, raw)
+    engine.inject("f", "n", {"payload": "x" * 100_000})
+    await settle(engine, "f")
+    (err,) = got("f", "sink_error")
+    assert len(err["error"]["message"]) <= 500
+    assert err["error"]["message"].endswith("... (100013 characters)")  # failing on 'x...'
+    assert len(stats(engine, "f", "n")["last_error"]) <= 500 + len("RuntimeError: ")

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from mechaway.flow.parse import MAX_FLOW_FILE_BYTES
 from mechaway.runtime import manager as manager_mod
 from mechaway.runtime.manager import FlowDirWatcher
 from mechaway.testing.daemon import DaemonProc
@@ -76,7 +77,7 @@ async def test_a_yaml_file_the_parser_chokes_on_is_a_located_error(
     path = watcher.directory / "t.yaml"
     put(path, b"id: t\nwhen: !!timestamp nope\n")
     await watcher.start()
-    assert watcher.errors() == {str(path): f"{path}: cannot parse: 'NoneType' object has no "
+    assert watcher.errors() == {str(path): f"{path}: invalid YAML: 'NoneType' object has no "
                                 "attribute 'groupdict'"}  # fmt: skip
 
 
@@ -167,7 +168,7 @@ async def test_a_fifo_named_like_a_flow_file_is_never_opened(watcher: FlowDirWat
 async def test_a_huge_file_is_refused_unread(watcher: FlowDirWatcher) -> None:
     path = await started_with_a(watcher)
     with path.open("r+b") as f:
-        f.truncate(manager_mod.MAX_FLOW_FILE_BYTES + 1)
+        f.truncate(MAX_FLOW_FILE_BYTES + 1)
     await watcher.scan()
     assert running(watcher) == {"a": 1}
     assert watcher.errors()[str(path)] == f"{path}: larger than 4096 KiB, not read"
@@ -369,15 +370,23 @@ def test_validate_names_every_hostile_file_in_one_line_each(tmp_path: Path) -> N
     (tmp_path / "y.json").mkdir()
     (tmp_path / "dangling.json").symlink_to(tmp_path / "nowhere")
     (tmp_path / "loop.json").symlink_to(tmp_path / "loop.json")
+    os.mkfifo(tmp_path / "pipe.json")  # read blocking, it would hang validate for good
+    with (tmp_path / "huge.json").open("wb") as f:
+        f.truncate(MAX_FLOW_FILE_BYTES + 1)
     names = ["x.json", "empty.json", "t.yaml", "y.json", "dangling.json", "loop.json"]
+    names += ["pipe.json", "huge.json"]
     proc = mechaway("validate", *(str(tmp_path / n) for n in names))
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     lines = stderr_lines(proc)
     assert [ln.split(": ", 1)[0] for ln in lines] == [str(tmp_path / n) for n in names]
     assert lines[2] == (
-        f"{tmp_path / 't.yaml'}: cannot parse: 'NoneType' object has no attribute 'groupdict'"
+        f"{tmp_path / 't.yaml'}: invalid YAML: 'NoneType' object has no attribute 'groupdict'"
     )
+    assert lines[-2:] == [
+        f"{tmp_path / 'pipe.json'}: cannot read: not a regular file",
+        f"{tmp_path / 'huge.json'}: larger than 4096 KiB, not read",
+    ]
 
 
 def test_deploy_of_a_yaml_document_json_cannot_carry_is_one_line(tmp_path: Path) -> None:

@@ -118,6 +118,11 @@ def test_settings_validation_names_the_key() -> None:
         parse_settings({"hots": "x"}, "mqtt.plc")
     with pytest.raises(ConfigError, match="key_file needs cert_file"):
         parse_settings({"key_file": "k.pem"}, "mqtt.plc")
+    # an infinite backoff or timeout would never retry; MQTT 5 carries the expiry in 4 bytes
+    for key, value in [("reconnect_max", "inf"), ("connect_timeout", "inf"),
+                       ("reconnect_min", "nan"), ("session_expiry", 2**32)]:  # fmt: skip
+        with pytest.raises(ConfigError, match=rf"mqtt\.plc\.{key}: Expected `(float|int)`"):
+            parse_settings({key: value}, "mqtt.plc")
     with pytest.raises(ValueError, match="wildcard"):
         MqttConnection("x", MqttSettings(), device_id="d").publish("a/#", b"")
     with pytest.raises(ValueError, match="'#' must be"):

@@ -165,7 +165,7 @@ def crash_flow(port: int) -> dict[str, Any]:
 
 @pytest.mark.asyncio
 async def test_kill_9_never_loses_an_acknowledged_message(tmp_path: Path) -> None:
-    seed = int(os.environ.get("MECHAWAY_CRASH_SEED", time.time_ns() % 100_000))
+    seed = int(os.environ.get("MW_CRASH_SEED", time.time_ns() % 100_000))
     rng = random.Random(seed)
     port = free_port()
     daemon = Daemon(tmp_path, crash_flow(port))
