@@ -10,7 +10,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,34 @@ def sd_notify(state: str) -> None:
         s.sendall(state.encode())
 
 
+def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:
+    """Seconds between ``WATCHDOG=1`` pings when systemd asks for them (``WatchdogSec=``
+    sets ``WATCHDOG_USEC``): half the timeout, as sd_watchdog_enabled(3) advises."""
+    env = os.environ if env is None else env
+    usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2e6
+
+
+async def run_watchdog(
+    interval: float, trouble: Callable[[], str | None], notify: Callable[[str], None]
+) -> None:
+    """Ping systemd's watchdog from the event loop while ``trouble()`` finds nothing.
+
+    A wedged loop sends no ping; a dead store writer (nothing more would reach the disk)
+    stops the pings on purpose: either way systemd restarts the service after
+    ``WatchdogSec``, where a restart is the cure.
+    """
+    while True:
+        why = trouble()
+        if why is not None:
+            log.error("watchdog: %s; no more pings, systemd will restart the service", why)
+            return
+        notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
 def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run ``main`` on uvloop where it is installed (not on armv7), else asyncio's loop."""
     try:
@@ -130,6 +158,7 @@ class Daemon:
         self._drivers: dict[tuple[str, str], Any] = {}
         self.packs: Any = None
         self._packs_task = OwnedTask("mechaway.plugins.watcher")
+        self._watchdog = OwnedTask("mechaway.watchdog")
         self._mqtt_settings = self._check_mqtt(settings)
         self.services.connections["mqtt"] = self._mqtt
 
@@ -353,6 +382,16 @@ class Daemon:
             await self.shutdown()
             raise
         sd_notify("READY=1")
+        interval = watchdog_interval()
+        if interval is not None:
+            self._watchdog.start(lambda: run_watchdog(interval, self._trouble, sd_notify))
         await self._stop.wait()
+        await self._watchdog.stop()
         await self.shutdown()
         return 0
+
+    def _trouble(self) -> str | None:
+        """Why the daemon can no longer do its job, or None (asked before each ping)."""
+        if not self.db.writer_alive:
+            return f"the store's writer thread for {self.db.path} has stopped"
+        return None

@@ -212,6 +212,11 @@ class Database:
             self._reader.close()
             self._reader = None
 
+    @property
+    def writer_alive(self) -> bool:
+        """The writer thread runs: without it nothing more reaches the disk."""
+        return self._thread is not None and self._thread.is_alive()
+
     # -- writes ---------------------------------------------------------------------------
     def submit(self, op: Callable[[sqlite3.Connection], T], *, durable: bool = False) -> Future[T]:
         """Queue a write from any thread; the returned future resolves after its commit."""
