@@ -393,10 +393,13 @@ class SeriesStore:
                 ).fetchall()
                 pts = [[r[0], r[1]] for r in rows if r[0] is not None]
             else:
+                # floor(ts / bucket) (CAST truncates toward zero: -0.5 s would share bucket 0
+                # with +0.5 s); SQLite's floor() is an optional build feature
                 rows = conn.execute(
-                    f"SELECT CAST(ts / ? AS INTEGER) AS b, {AGGS[agg]} FROM samples "
-                    "WHERE series_id = ? AND ts >= ? AND ts <= ? GROUP BY b ORDER BY b LIMIT ?",
-                    (bucket, sid, lo, hi, limit + 1),
+                    "SELECT CAST(ts / :w AS INTEGER) - (ts / :w < CAST(ts / :w AS INTEGER)) AS b,"
+                    f" {AGGS[agg]} FROM samples WHERE series_id = :sid AND ts >= :lo"
+                    " AND ts <= :hi GROUP BY b ORDER BY b LIMIT :n",
+                    {"w": bucket, "sid": sid, "lo": lo, "hi": hi, "n": limit + 1},
                 ).fetchall()
                 pts = [[r[0] * bucket, r[1]] for r in rows]
         finally:

@@ -58,6 +58,16 @@ async def test_downsampling(db: Database) -> None:
 
 
 @pytest.mark.asyncio
+async def test_buckets_floor_negative_and_fractional_times(db: Database) -> None:
+    s = SeriesStore.of(db)
+    for ts, v in [(-1.5, 1), (-0.5, 2), (0.5, 3), (1.0, 4), (1.5, 5), (-2.0, 6)]:
+        await s.append("t", v, ts)
+    r = await s.query("t", agg="count", bucket=1, start=-10, end=10)
+    # before: CAST truncated toward zero, so -0.5 s landed in bucket 0 with +0.5 s
+    assert r["points"] == [[-2.0, 2], [-1.0, 1], [0.0, 1], [1.0, 2]]
+
+
+@pytest.mark.asyncio
 async def test_non_numeric_values_and_errors(db: Database) -> None:
     s = SeriesStore.of(db)
     await s.append("state", {"door": "open"}, T0)
