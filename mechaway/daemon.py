@@ -262,7 +262,7 @@ class Daemon:
                 self.flows_dir.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise ConfigError(
-                    f"flows.dir: cannot create {self.flows_dir}: {err.strerror or err}"
+                    f"flows directory {self.flows_dir}: cannot create: {err.strerror or err}"
                 ) from err
             self.watcher = FlowDirWatcher(
                 self.manager, self.flows_dir, self.settings.flows.poll_interval
