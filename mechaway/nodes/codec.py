@@ -89,6 +89,31 @@ ENCODERS: dict[str, Callable[[Any], bytes]] = {
 }
 
 
+def json_default(obj: Any) -> Any:
+    """orjson's ``default``: bytes (a msgpack ``bin``) as base64 text, as bytes travel in
+    messages; anything else stays unserialisable."""
+    if isinstance(obj, bytes | bytearray | memoryview):
+        return base64.b64encode(obj).decode("ascii")
+    raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
+
+
+def _json_lenient(value: Any) -> bytes:
+    return orjson.dumps(value, default=json_default)
+
+
+def _text_lenient(value: Any) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else _json_lenient(value)
+
+
+#: The encoders again, for a value the plain one refused with TypeError: JSON writes bytes
+#: as base64. Called only after that failure, so the usual message pays nothing for it.
+LENIENT_ENCODERS: dict[str, Callable[[Any], bytes]] = {
+    **ENCODERS,
+    "json": _json_lenient,
+    "text": _text_lenient,
+}
+
+
 def describe(err: ValueError) -> str:
     """The reason a decoder gave, in one line (orjson's error carries its own fields)."""
     if isinstance(err, orjson.JSONDecodeError):

@@ -20,7 +20,7 @@ from mechaway.nodes.base import (
     receipt,
     split_path,
 )
-from mechaway.nodes.codec import DECODERS, ENCODERS, Codec, describe
+from mechaway.nodes.codec import DECODERS, ENCODERS, LENIENT_ENCODERS, Codec, describe
 from mechaway.nodes.registry import register_node
 
 _TEMPLATE_RE = re.compile(r"\{([^{}]+)\}")
@@ -191,6 +191,7 @@ class MQTTOutNode(Node):
         key = self._keys[0] if len(self._keys) == 1 else None
         self._key: str | None = key if isinstance(key, str) else None
         self._encode = ENCODERS[params.encode]
+        self._encode_lenient = LENIENT_ENCODERS[params.encode]
         self._qos = params.qos
         self._retain = params.retain
         self._conn: Any = None
@@ -206,9 +207,13 @@ class MQTTOutNode(Node):
                 raise ValueError(f"bad publish topic {topic!r}")
         key = self._key
         if key is not None:
-            payload = self._encode(msg.get(key) if type(msg) is dict else get_path(msg, self._keys))
+            value = msg.get(key) if type(msg) is dict else get_path(msg, self._keys)
         else:
-            payload = self._encode(get_path(msg, self._keys) if self._keys else msg)
+            value = get_path(msg, self._keys) if self._keys else msg
+        try:
+            payload = self._encode(value)
+        except TypeError:  # e.g. bytes from a msgpack input, into JSON: as base64 text
+            payload = self._encode_lenient(value)
         if self._qos and collecting():
             # a QoS 1/2 source upstream holds its PUBACK until this one is safe too
             safe = self._conn.publish(topic, payload, self._qos, self._retain, confirm=True)

@@ -14,7 +14,6 @@ of a type it does not know.
 
 from __future__ import annotations
 
-import base64
 import math
 import reprlib
 import time
@@ -22,18 +21,18 @@ from typing import Any
 
 import orjson
 
+from mechaway.nodes.codec import json_default
+
 
 class UnstorableValue(ValueError):
     """A value the store cannot write (not JSON-compatible, out of range)."""
 
 
 def _default(obj: Any) -> Any:
-    if isinstance(obj, bytes | bytearray | memoryview):
-        return base64.b64encode(obj).decode("ascii")
     to_unix = getattr(obj, "to_unix", None)  # msgpack.Timestamp, without importing msgpack
     if to_unix is not None and type(obj).__module__.startswith("msgpack"):
         return to_unix()
-    raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
+    return json_default(obj)  # bytes as base64, as messages carry them
 
 
 def place(where: str, *names: Any) -> str:

@@ -175,6 +175,29 @@ async def test_codecs_round_trip(rig: tuple[Engine, MqttConnection]) -> None:
     assert back["bytes"] == sent["bytes"]
 
 
+@pytest.mark.asyncio
+async def test_bytes_from_msgpack_go_out_as_json_base64(rig: tuple[Engine, MqttConnection]) -> None:
+    engine, client = rig
+    doc = {
+        "id": "b",
+        "nodes": [
+            {"id": "in", "type": "MQTTInNode", "params": {"topic": "bin/in", "decode": "msgpack"}},
+            {"id": "out", "type": "MQTTOutNode", "params": {"topic": "bin/out"}},
+        ],
+        "edges": [{"from": "in", "to": "out"}],
+    }
+    await engine.deploy(validate(doc))
+    inbox = Inbox()
+    client.subscribe("bin/out", 0, inbox)
+    await client.wait_subscribed()
+    await asyncio.sleep(0.3)
+    client.publish("bin/in", msgpack.packb({"raw": b"\x00\xff", "n": 1}, use_bin_type=True))
+    await until(lambda: len(inbox.got) == 1)
+    # before: orjson refused the bytes and every such message was a counted error
+    assert orjson.loads(inbox.got[0].payload) == {"raw": "AP8=", "n": 1}
+    assert engine.status()["b"]["nodes"]["out"]["errors"] == 0
+
+
 def test_invalid_topics_are_flow_errors() -> None:
     from mechaway.errors import FlowError
 
