@@ -243,7 +243,7 @@ class Daemon:
         from mechaway.nodes import plugins
 
         self.packs = plugins.PackWatcher(self.settings.data_dir / "plugins")
-        self.packs.scan()
+        await asyncio.to_thread(self.packs.scan)  # it compiles and checks each pack's module
         self._packs_task.start(self._watch_packs)
         self.db.open()
         await self.contexts.start()

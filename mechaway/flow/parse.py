@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import errno
-import os
-import stat
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from mechaway import files
 from mechaway.errors import FlowError, Issue
 
 FLOW_SUFFIXES = (".json", ".yaml", ".yml")
@@ -97,17 +96,14 @@ def format_for(path: Path) -> str:
 
 
 def read_capped(path: Path) -> bytes | None:
-    """The file's bytes, or None when it is larger than ``MAX_FLOW_FILE_BYTES`` (blocking).
-
-    Opened non-blocking, so a FIFO by a flow file's name cannot hang the reader; anything
-    but a regular file is an ``OSError``.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        data = f.read(MAX_FLOW_FILE_BYTES + 1)
-    return None if len(data) > MAX_FLOW_FILE_BYTES else data
+    """The flow file's bytes, or None when it is larger than ``MAX_FLOW_FILE_BYTES``
+    (blocking; a FIFO or directory by that name is an ``OSError``, never a hang)."""
+    try:
+        return files.read_capped(path, MAX_FLOW_FILE_BYTES)
+    except OSError as err:
+        if err.errno == errno.EFBIG:
+            return None
+        raise
 
 
 def read_file(path: Path) -> Any:

@@ -18,18 +18,29 @@ import logging
 import os
 import pathlib
 import platform
+import stat
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from mechaway.errors import LimitExceeded, SandboxError
+from mechaway.files import read_capped
 
 if TYPE_CHECKING:
     import wasmtime
 
-__all__ = ["CODECS", "Output", "WasmLoadError", "WasmSandbox"]
+__all__ = [
+    "CODECS",
+    "MAX_MODULE_BYTES",
+    "CompiledModule",
+    "Output",
+    "WasmLoadError",
+    "WasmSandbox",
+    "load_module",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +55,15 @@ _MIN_INPUT_BUFFER: Final = 1024
 _TABLE_ELEMENTS: Final = 65536  # 8 bytes each: bounds what tables can take outside memory
 _U32: Final = 0xFFFF_FFFF
 _PACKED: Final = (1 << 63) - 1  # a result without its error bit
+MAX_MODULE_BYTES: Final = 32 * 1024 * 1024
+"""Largest module file (binary or WAT text) read from disk."""
+_MAX_CACHE_BYTES: Final = 256 * 1024 * 1024  # a serialized module, native code included
+# A cache file: magic, sha256 of the wasm it was compiled from, sha256 of the payload
+# (wasmtime's serialized module), payload. wasmtime checks version and settings but not
+# integrity: a truncated, bit-rotten or misplaced file must never reach it.
+_CACHE_MAGIC: Final = b"mechaway-cwasm1\n"
+_CACHE_HEADER: Final = len(_CACHE_MAGIC) + 64
+_CACHE_MAX_FILES: Final = 64  # every new module version adds one: the oldest go
 
 # (params, results) of every export the ABI knows; "memory" is checked separately
 _REQUIRED: Final = {"alloc": (("i32",), ("i32",)), "process": (("i32", "i32"), ("i64",))}
@@ -156,16 +176,17 @@ def _read_module(module: bytes | str | pathlib.Path, name: str) -> tuple[bytes, 
     else:
         path = pathlib.Path(module)
         try:
-            data = path.read_bytes()
+            data = read_capped(path, MAX_MODULE_BYTES)
         except OSError as err:
-            raise WasmLoadError(f"{name}: cannot read WASM module {path}: {err}") from err
+            reason = err.strerror or str(err)
+            raise WasmLoadError(f"{name}: cannot read WASM module {path}: {reason}") from err
         origin = str(path)
     label = f"{name} ({origin})"
     if data.startswith(b"\0asm"):
         return data, label
     try:
         return bytes(wasmtime.wat2wasm(data)), label
-    except wasmtime.WasmtimeError as err:
+    except (wasmtime.WasmtimeError, UnicodeDecodeError) as err:
         reason = _first_line(err)
         raise WasmLoadError(f"{label}: neither a WASM binary nor valid WAT text: {reason}") from err
 
@@ -176,14 +197,15 @@ def _compile(
     """Compile ``wasm``, or load it from ``cache_dir``; returns (module, cache file, hit)."""
     import wasmtime
 
-    path = None
+    path, digest = None, b""
     if cache_dir is not None:
-        digest = hashlib.sha256(wasm).hexdigest()
+        digest = hashlib.sha256(wasm).digest()
         tag = hashlib.sha256(rt.cache_tag.encode()).hexdigest()[:12]
-        path = cache_dir / f"{digest}-wasmtime{rt.version}-{tag}.cwasm"
-        if path.is_file():
+        path = cache_dir / f"{digest.hex()}-wasmtime{rt.version}-{tag}.cwasm"
+        payload = _read_cache(path, digest)
+        if payload is not None:
             try:
-                return wasmtime.Module.deserialize_file(rt.engine, str(path)), path, True
+                return wasmtime.Module.deserialize(rt.engine, payload), path, True
             except wasmtime.WasmtimeError as err:
                 log.warning("wasm cache %s unusable, recompiling: %s", path, _first_line(err))
     try:
@@ -191,24 +213,97 @@ def _compile(
     except wasmtime.WasmtimeError as err:
         raise WasmLoadError(f"{origin}: not a valid WASM module: {_first_line(err)}") from err
     if path is not None:
-        _write_cache(path, module)
+        _write_cache(path, digest, module)
     return module, path, False
 
 
-def _write_cache(path: pathlib.Path, module: wasmtime.Module) -> None:
+def _read_cache(path: pathlib.Path, wasm_digest: bytes) -> bytes | None:
+    """The serialized module stored for ``wasm_digest``, or None (absent or unusable).
+
+    wasmtime runs a deserialized module's native code without validating it, so only a
+    regular file that this user owns and nobody else may write, whose header names the
+    same wasm and whose payload matches its digest, is handed over.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        log.warning("wasm cache %s unusable, recompiling: %s", path, err.strerror or err)
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        problem = ""
+        if not stat.S_ISREG(st.st_mode):
+            problem = "not a regular file"
+        elif st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            problem = "not owned by this user, or writable by others"
+        elif not _CACHE_HEADER < st.st_size <= _MAX_CACHE_BYTES:
+            problem = f"implausible size {st.st_size}"
+        if problem:
+            log.warning("wasm cache %s unusable, recompiling: %s", path, problem)
+            return None
+        try:
+            data = f.read(_MAX_CACHE_BYTES + 1)
+        except OSError as err:
+            log.warning("wasm cache %s unusable, recompiling: %s", path, err.strerror or err)
+            return None
+    magic, rest = data[: len(_CACHE_MAGIC)], data[len(_CACHE_MAGIC) :]
+    payload = rest[64:]
+    if magic != _CACHE_MAGIC or rest[:32] != wasm_digest:
+        problem = "not a mechaway cache file for this module"
+    elif hashlib.sha256(payload).digest() != rest[32:64]:
+        problem = "truncated or corrupted (digest mismatch)"
+    if problem:
+        log.warning("wasm cache %s unusable, recompiling: %s", path, problem)
+        return None
+    return payload
+
+
+def _write_cache(path: pathlib.Path, wasm_digest: bytes, module: wasmtime.Module) -> None:
     """Atomically store the serialized module; the cache is only an optimisation."""
+    import wasmtime
+
+    try:
+        payload = module.serialize()
+    except wasmtime.WasmtimeError as err:
+        log.warning("cannot serialize for the wasm cache %s: %s", path, _first_line(err))
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".cwasm")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(module.serialize())
+                f.write(_CACHE_MAGIC + wasm_digest + hashlib.sha256(payload).digest())
+                f.write(payload)
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)
             raise
     except OSError as err:
         log.warning("cannot write wasm cache %s: %s", path, err)
+        return
+    _prune_cache(path.parent)
+
+
+def _prune_cache(cache_dir: pathlib.Path) -> None:
+    """Keep the newest ``_CACHE_MAX_FILES`` cache files: modules that are rewritten again
+    and again (hot-reloaded packs, wasmtime upgrades) must not fill the disk."""
+    try:
+        files, stale = [], time.time_ns() - 3600 * 10**9  # a write killed midway
+        for entry in os.scandir(cache_dir):
+            if not entry.name.endswith(".cwasm") or not entry.is_file(follow_symlinks=False):
+                continue
+            mtime = entry.stat(follow_symlinks=False).st_mtime_ns
+            if not entry.name.startswith(".tmp-"):
+                files.append((mtime, entry.path))
+            elif mtime < stale:
+                os.unlink(entry.path)
+        files.sort(reverse=True)
+        for _, old in files[_CACHE_MAX_FILES:]:
+            os.unlink(old)
+    except OSError as err:
+        log.warning("cannot prune wasm cache %s: %s", cache_dir, err)
 
 
 def _check_module(module: wasmtime.Module, origin: str, max_memory_bytes: int) -> set[str]:
@@ -258,22 +353,87 @@ def _trap_reason(trap: wasmtime.Trap) -> str:
     return reason.removeprefix("wasm trap: ")
 
 
+def _instantiate(
+    rt: _Runtime, module: wasmtime.Module, name: str, fuel: int, max_memory_bytes: int
+) -> tuple[wasmtime.Store, wasmtime.Instance]:
+    """A fresh store under the limits, and the module instantiated in it (start included)."""
+    import wasmtime
+
+    store = wasmtime.Store(rt.engine)
+    store.set_limits(
+        memory_size=max_memory_bytes,
+        table_elements=_TABLE_ELEMENTS,
+        instances=1,
+        memories=1,
+    )
+    store.set_fuel(fuel)  # a start function runs during instantiation
+    try:
+        return store, wasmtime.Instance(store, module, [])
+    except wasmtime.Trap as err:
+        reason = _trap_reason(err)
+        raise WasmLoadError(f"{name}: start function trapped: {reason}") from err
+    except wasmtime.WasmtimeError as err:
+        raise WasmLoadError(f"{name}: cannot instantiate: {_first_line(err)}") from err
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledModule:
+    """A module read, compiled (or loaded from the cache) and checked against the ABI once,
+    ready for any number of sandboxes: ``WasmSandbox(compiled, ...)`` only instantiates."""
+
+    module: wasmtime.Module
+    label: str
+    cache_path: pathlib.Path | None
+    from_cache: bool
+
+
+def load_module(
+    module: bytes | str | pathlib.Path,
+    *,
+    name: str = "wasm",
+    fuel: int = 10_000_000,
+    max_memory_bytes: int = 16 * 1024 * 1024,
+    cache_dir: pathlib.Path | None = None,
+) -> CompiledModule:
+    """Read, compile and check ``module``, and instantiate it once under the limits (its
+    start function runs on ``fuel``), so that every load-time fault is a WasmLoadError
+    here and not at the first sandbox. Blocking: compiling takes milliseconds to seconds.
+    """
+    _check_limits(name, fuel, max_memory_bytes)
+    rt = _get_runtime()
+    wasm, label = _read_module(module, name)
+    compiled, cache_path, hit = _compile(rt, wasm, label, cache_dir)
+    _check_module(compiled, label, max_memory_bytes)
+    _instantiate(rt, compiled, name, fuel, max_memory_bytes)
+    return CompiledModule(compiled, label, cache_path, hit)
+
+
+def _check_limits(name: str, fuel: int, max_memory_bytes: int) -> None:
+    if fuel <= 0:
+        raise WasmLoadError(f"{name}: fuel must be positive, got {fuel}")
+    if not _PAGE <= max_memory_bytes <= _MAX_MEMORY:
+        raise WasmLoadError(
+            f"{name}: max_memory_bytes must be between {_PAGE} and {_MAX_MEMORY}, "
+            f"got {max_memory_bytes}"
+        )
+
+
 # --- the sandbox ------------------------------------------------------------------------
 
 
 class WasmSandbox:
     """One WASM module instance that turns messages into messages under the ABI.
 
-    Construction compiles (or loads from ``cache_dir``), checks the exports,
-    instantiates and calls ``init`` with ``params``. ``call`` runs ``process`` on one
-    message. After a trap (fuel, stack, memory limit, ``unreachable``...) the instance
-    is rebuilt from the compiled module before the next message, so module globals
-    reset. Not thread-safe: one caller at a time.
+    Construction compiles (or loads from ``cache_dir``; or takes a ``CompiledModule``
+    from ``load_module``), checks the exports, instantiates and calls ``init`` with
+    ``params``. ``call`` runs ``process`` on one message. After a trap (fuel, stack,
+    memory limit, ``unreachable``...) the instance is rebuilt from the compiled module
+    before the next message, so module globals reset. Not thread-safe: one caller at a time.
     """
 
     def __init__(
         self,
-        module: bytes | str | pathlib.Path,
+        module: bytes | str | pathlib.Path | CompiledModule,
         *,
         name: str = "wasm",
         params: dict[str, Any] | None = None,
@@ -282,13 +442,7 @@ class WasmSandbox:
         max_memory_bytes: int = 16 * 1024 * 1024,
         cache_dir: pathlib.Path | None = None,
     ) -> None:
-        if fuel <= 0:
-            raise WasmLoadError(f"{name}: fuel must be positive, got {fuel}")
-        if not _PAGE <= max_memory_bytes <= _MAX_MEMORY:
-            raise WasmLoadError(
-                f"{name}: max_memory_bytes must be between {_PAGE} and {_MAX_MEMORY}, "
-                f"got {max_memory_bytes}"
-            )
+        _check_limits(name, fuel, max_memory_bytes)
         self.name = name
         self.codec = codec
         self.fuel = fuel
@@ -301,8 +455,15 @@ class WasmSandbox:
             raise WasmLoadError(f"{name}: params cannot be encoded as {codec}: {err}") from err
 
         self._rt = _get_runtime()
-        wasm, label = _read_module(module, name)
-        self._module, self.cache_path, self.from_cache = _compile(self._rt, wasm, label, cache_dir)
+        if isinstance(module, CompiledModule):
+            label = module.label
+            self._module, self.cache_path = module.module, module.cache_path
+            self.from_cache = module.from_cache
+        else:
+            wasm, label = _read_module(module, name)
+            self._module, self.cache_path, self.from_cache = _compile(
+                self._rt, wasm, label, cache_dir
+            )
         self._exports = _check_module(self._module, label, max_memory_bytes)
         if self._params and "init" not in self._exports:
             raise WasmLoadError(f"{name}: params given but the module exports no init")
@@ -420,21 +581,9 @@ class WasmSandbox:
         if self._closed:
             raise SandboxError(f"{self.name}: sandbox is closed")
         self._drop()
-        store = wasmtime.Store(self._rt.engine)
-        store.set_limits(
-            memory_size=self.max_memory_bytes,
-            table_elements=_TABLE_ELEMENTS,
-            instances=1,
-            memories=1,
+        store, instance = _instantiate(
+            self._rt, self._module, self.name, self.fuel, self.max_memory_bytes
         )
-        store.set_fuel(self.fuel)  # a start function runs during instantiation
-        try:
-            instance = wasmtime.Instance(store, self._module, [])
-        except wasmtime.Trap as err:
-            reason = _trap_reason(err)
-            raise WasmLoadError(f"{self.name}: start function trapped: {reason}") from err
-        except wasmtime.WasmtimeError as err:
-            raise WasmLoadError(f"{self.name}: cannot instantiate: {_first_line(err)}") from err
         exports = instance.exports(store)
 
         def func(name: str) -> int:
