@@ -9,7 +9,7 @@ lupa and wasmtime are imported when a flow uses them, never before.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -115,13 +115,13 @@ class WASMParams(NodeParams):
     #: passed to the module's optional ``init`` export
     init: dict[str, Any] = msgspec.field(default_factory=dict)
     ports: list[str] = msgspec.field(default_factory=list)
-    fuel: int = 10_000_000
-    max_memory_kb: int = 16 * 1024
+    #: instructions per call, roughly; the top bound keeps one call to about a second of
+    #: the event loop (a runaway module must not stall every flow for minutes)
+    fuel: Annotated[int, msgspec.Meta(ge=1000, le=1_000_000_000)] = 10_000_000
+    max_memory_kb: Annotated[int, msgspec.Meta(ge=64, le=2 * 1024 * 1024)] = 16 * 1024
 
     def __post_init__(self) -> None:
         _check_ports(self.ports)
-        if self.fuel < 1000 or self.max_memory_kb < 64:
-            raise ValueError("limits too small: fuel >= 1000, max_memory_kb >= 64")
 
 
 def resolve_module(module: str, data_dir: Path) -> Path:

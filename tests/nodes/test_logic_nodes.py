@@ -75,6 +75,22 @@ def test_lua_syntax_error_is_a_deploy_time_error_with_the_line() -> None:
         validate(logic_flow("l", node))
 
 
+@pytest.mark.parametrize(
+    ("params", "where"),
+    [
+        ({"fuel": 10**15}, "fuel"),  # a runaway call would hold the event loop for minutes
+        ({"fuel": 10}, "fuel"),
+        ({"max_memory_kb": 2**40}, "max_memory_kb"),
+        ({"max_memory_kb": 1}, "max_memory_kb"),
+    ],
+)
+def test_wasm_limits_are_bounded_at_validation(params: dict[str, Any], where: str) -> None:
+    node = {"type": "WASMNode", "params": {"module": "x.wasm", **params}}
+    needle = rf"nodes\[1\] \(logic\)\.params\.{where}: expected `int` [<>]="
+    with pytest.raises(FlowError, match=needle):
+        validate(logic_flow("w", node))
+
+
 @pytest.mark.asyncio
 async def test_runaway_lua_is_cut_off_and_another_flow_keeps_flowing() -> None:
     engine = Engine()
