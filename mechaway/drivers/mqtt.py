@@ -3,7 +3,8 @@
 It knows nothing of flows. It owns reconnection (jittered exponential backoff, resubscribe),
 the device's birth/last-will topic, the order and durability of QoS>=1 publishes across
 outages (through a ``Spool``), and turns every bad input (refused or wrong credentials,
-oversize payloads, a handler that raises) into a counter and one log line per burst.
+oversize payloads, a handler that raises, a broker that breaks MQTT or goes silent) into a
+counter and one log line per burst.
 
 The client library is gmqtt (chosen by ``benchmarks/mqtt_clients.py``: ~6x aiomqtt 2's
 throughput at a tenth of its CPU per message). It is imported lazily and reached only
@@ -60,6 +61,15 @@ _STABLE_S = 10.0
 _MAX_PENDING_HANDLERS = 10_000
 _ROUTE_CACHE_MAX = 4096
 _AUTH_CODES = frozenset({4, 5, 134, 135, 140})
+#: topic aliases a broker may set although the client allows none (MQTT 5 says it must
+#: not; tolerated, bounded: each may name a 64 KB topic); more, or alias 0, end the session
+_MAX_ALIASES = 16
+#: an incoming packet this much over ``max_payload_bytes`` (topic, properties) is not
+#: gathered in memory: a PUBLISH is skipped as it arrives (counted, acked), anything else
+#: ends the session
+_PACKET_SLACK = 128 * 1024
+#: QoS>0 messages a broker may send us unacknowledged (MQTT 5's default receive maximum)
+_RECEIVE_MAX = 65_535
 
 
 # ---------------------------------------------------------------------------------------
@@ -304,6 +314,10 @@ class _SessionLost(MechawayError):
     """The socket closed before the broker accepted the connection."""
 
 
+class _Violation(MechawayError):
+    """The broker broke MQTT before accepting the connection (wrong or malformed packet)."""
+
+
 _COUNTERS = (
     "rx",  # messages handed to handlers
     "tx",  # publishes written to the socket (QoS 0 and >=1, spool drains and resends included)
@@ -323,7 +337,43 @@ _COUNTERS = (
     "auth_failures",  # attempts refused for credentials/authorisation
     "broker_disconnects",  # connections the broker ended (DISCONNECT or closing the socket)
     "session_taken_over",  # ... because another client connected with our client id
+    "protocol_errors",  # sessions ended because the broker broke MQTT (bad packet, type, id)
+    "unexpected_acks",  # PUBACK/PUBREC/PUBCOMP/SUBACK for a packet id not in flight (ignored)
+    "keepalive_timeouts",  # sessions ended: nothing from (or read by) the broker in 2 keepalives
 )
+
+#: broker faults that end the session (``_GmqttSession.fault``)
+_SESSION_ENDING = frozenset({"protocol_errors", "keepalive_timeouts"})
+
+#: packet types by their first byte's high nibble, for reports
+_PACKET_NAMES = {
+    0x00: "reserved (0)",
+    0x10: "CONNECT",
+    0x20: "CONNACK",
+    0x30: "PUBLISH",
+    0x40: "PUBACK",
+    0x50: "PUBREC",
+    0x60: "PUBREL",
+    0x70: "PUBCOMP",
+    0x80: "SUBSCRIBE",
+    0x90: "SUBACK",
+    0xA0: "UNSUBSCRIBE",
+    0xB0: "UNSUBACK",
+    0xC0: "PINGREQ",
+    0xD0: "PINGRESP",
+    0xE0: "DISCONNECT",
+    0xF0: "AUTH",
+}
+
+
+def _ignore(cmd: int, packet: bytes) -> None:
+    """A packet handler that drops what a dead session still reads."""
+
+
+def _bad_topic(topic: str) -> bool:
+    """A topic no broker may send: wildcards or NUL (empty ones never get this far)."""
+    return "+" in topic or "#" in topic or "\0" in topic
+
 
 #: MQTT 5 DISCONNECT reason codes a broker sends, in words
 _DISCONNECT_REASONS = {
@@ -414,6 +464,12 @@ def _gmqtt() -> tuple[Any, Any, Any, Any]:
     - the session builds its PUBLISH packets itself (gmqtt's packet-id allocator and
       in-flight store still see every QoS>=1 one, so its PUBACK/PUBREC/PUBCOMP handling
       is unchanged).
+
+    And for a broker that breaks MQTT: the session fills gmqtt's per-type handler cache
+    (no cost per packet) so that only CONNACK is taken before CONNACK, and only what a
+    server may send after it (``_GmqttSession._arm``); a packet declared far over
+    ``max_payload_bytes`` is skipped unread or ends the session (``Protocol._oversize``);
+    the keepalive aborts a silent link instead of waiting for its unsent data to drain.
     """
     try:
         import gmqtt
@@ -432,6 +488,10 @@ def _gmqtt() -> tuple[Any, Any, Any, Any]:
         (MQTTProtocol, "write_data"),
         (MQTTProtocol, "_read_packet"),
         (MQTTConnection, "put_package"),
+        (MQTTConnection, "_keep_connection"),
+        (MqttPackageHandler, "_handle_connack_packet"),
+        (MqttPackageHandler, "_handle_suback_packet"),
+        (MqttPackageHandler, "_parse_properties"),
         (gmqtt.Client, "_create_connection"),
         (gmqtt.Client, "_exit_reconnecting_state"),
     ):
@@ -447,7 +507,8 @@ def _gmqtt() -> tuple[Any, Any, Any, Any]:
             super().__init__(*args, **kwargs)
             #: ``deliver(Incoming, mid, sub_ids)`` for fast-path PUBLISH packets
             self.deliver = deliver
-            self._rx = b""  # the start of a packet not yet complete
+            #: the start of a packet not yet complete (a bytearray while ``_need`` is set)
+            self._rx: bytes | bytearray = b""
             #: corked writes, in call order; a copy, so the packets' objects are freed now
             #: (orjson's output holds ~4 KB whatever its length: a batch of them is MBs)
             self.out = bytearray()
@@ -456,6 +517,16 @@ def _gmqtt() -> tuple[Any, Any, Any, Any]:
             self._wloop: asyncio.AbstractEventLoop | None = None
             self.v5 = True
             self._failed_once = False
+            #: a packet declared larger than this is not gathered (see ``_oversize``)
+            self.max_packet = _MAX_PACKET
+            #: ``bad(what)``: the broker broke MQTT (the session counts it and aborts)
+            self.bad: Callable[[str], None] | None = None
+            #: ``dropped(qos, mid)``: an oversize PUBLISH was skipped (mid None: not known)
+            self.dropped: Callable[[int, int | None], None] | None = None
+            self._need = 0  # the size of the large packet gathered in ``_rx`` (a bytearray)
+            self.written = 0  # bytes given to the transport (what it sent: minus its buffer)
+            self._skip = 0  # bytes of an oversize PUBLISH still to be discarded
+            self._skipped: tuple[int, int | None] = (0, None)  # its (qos, mid)
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             # gmqtt's MQTTProtocol starts a reader task here; data_received replaces it
@@ -486,12 +557,14 @@ def _gmqtt() -> tuple[Any, Any, Any, Any]:
             if transport is not None and not transport.is_closing():
                 if self._connection is not None:
                     self._connection._last_data_out = monotonic()
+                self.written += len(data)
                 transport.write(data)
 
         def write_data(self, data: bytes) -> None:
             """gmqtt's own packets: after everything corked before them."""
             if self.out:
                 self.flush()
+            self.written += len(data)
             super().write_data(data)
 
         # -- reading ----------------------------------------------------------------
@@ -506,8 +579,20 @@ def _gmqtt() -> tuple[Any, Any, Any, Any]:
             if conn is None or conn._handler._connection is not conn:
                 return  # superseded (gmqtt drops those too); the broker speaks after CONNECT
             conn._last_data_in = monotonic()
-            buf = self._rx + data if self._rx else data
-            pos, end = 0, len(buf)
+            if self._skip:
+                data = self._skipping(data)
+            rx = self._rx
+            if not rx:
+                buf = data
+            elif self._need:  # a large packet: gathered in place, not copied at each read
+                rx += data
+                if len(rx) < self._need:
+                    return
+                self._need = 0
+                buf = bytes(rx)
+            else:  # bytes here (a bytearray only while _need is set)
+                buf = rx + data  # type: ignore[assignment]
+            pos, end, need = 0, len(buf), 0
             self._reading = True
             try:
                 while end - pos >= 2:
@@ -533,6 +618,10 @@ def _gmqtt() -> tuple[Any, Any, Any, Any]:
                             break
                     stop = i + size
                     if stop > end:
+                        if size > self.max_packet:
+                            pos = self._oversize(first, buf, i, stop, end)
+                        else:
+                            need = stop - pos
                         break
                     if first & 0xF0 != 0x30 or not self._publish(first, buf, i, stop):
                         conn.put_package(Package(first, buf[i:stop]))
@@ -546,7 +635,45 @@ def _gmqtt() -> tuple[Any, Any, Any, Any]:
                 if self._transport is not None:
                     self._transport.abort()  # malformed framing: nothing after it can be read
                 return
-            self._rx = buf[pos:] if pos < end else b""
+            if pos >= end:
+                self._rx = b""
+            elif need > _CORK_BYTES:
+                self._rx = bytearray(buf[pos:])
+                self._need = need
+            else:
+                self._rx = buf[pos:]
+
+        def _oversize(self, first: int, buf: bytes, i: int, stop: int, end: int) -> int:
+            """A packet declared over ``max_packet``, ``buf[i:end]`` its start: a PUBLISH is
+            skipped as it arrives (its qos and id read from that start when they are in
+            it), anything else is a broken broker. Where the framing goes on (``end``), or
+            -1: abort."""
+            if first & 0xF0 != 0x30:
+                if self.bad is None:
+                    return -1
+                name = _PACKET_NAMES[first & 0xF0]
+                self.bad(f"{name} of {stop - i} bytes (over {self.max_packet})")
+                return end
+            qos = first >> 1 & 3
+            mid = None
+            if qos and end - i >= 2:
+                at = i + 2 + (buf[i] << 8 | buf[i + 1])
+                if at + 2 <= end:
+                    mid = buf[at] << 8 | buf[at + 1]
+            self._skip = stop - end
+            self._skipped = (qos, mid or None)
+            return end
+
+        def _skipping(self, data: bytes) -> bytes:
+            """Discard the rest of an oversize PUBLISH; what follows it in ``data``."""
+            n = self._skip
+            if len(data) < n:
+                self._skip = n - len(data)
+                return b""
+            self._skip = 0
+            if self.dropped is not None:
+                self.dropped(*self._skipped)
+            return data[n:]
 
         def _publish(self, first: int, buf: bytes, i: int, stop: int) -> bool:
             """Decode and deliver one PUBLISH (``buf[i:stop]`` is its body); False leaves it
@@ -564,6 +691,8 @@ def _gmqtt() -> tuple[Any, Any, Any, Any]:
                 if qos == 3 or p + 2 > stop:
                     return False
                 mid = buf[p] << 8 | buf[p + 1]
+                if not mid:  # a protocol error: gmqtt's path reports it
+                    return False
                 p += 2
             sub_ids: list[int] | None = None
             if self.v5:
@@ -607,6 +736,39 @@ def _gmqtt() -> tuple[Any, Any, Any, Any]:
                     log.exception("handling an incoming message failed (logged once)")
             return True
 
+    class Connection(MQTTConnection):  # type: ignore[misc]
+        """gmqtt's connection, whose keepalive aborts a silent link, and one the broker
+        stopped reading (it may go on sending: the acks we owe it pile up unsent).
+
+        gmqtt's closes it gracefully, and a graceful close waits for the write buffer to
+        drain: with a broker that reads nothing it never ends, and the session never
+        learns it is lost."""
+
+        #: ``silent(what)``: nothing came from the broker, or nothing it read, in two
+        #: keepalives
+        silent: Callable[[str], None] | None = None
+        _sent = 0  # bytes the transport had sent at ``_sent_at``
+        _sent_at = 0.0
+
+        def _keep_connection(self) -> None:
+            ka = self._keepalive
+            if ka and self.silent is not None and not self.is_closing():
+                now = monotonic()
+                if now - self._last_data_in >= 2 * ka:
+                    self.silent(f"nothing from the broker in {2 * ka} s (keepalive {ka} s)")
+                    return
+                unsent = self._transport.get_write_buffer_size()
+                sent = self._protocol.written - unsent
+                if not unsent or sent != self._sent or not self._sent_at:
+                    self._sent, self._sent_at = sent, now
+                elif now - self._sent_at >= 2 * ka:
+                    self.silent(
+                        f"the broker read nothing in {2 * ka} s (keepalive {ka} s; "
+                        f"{unsent} bytes waiting)"
+                    )
+                    return
+            super()._keep_connection()
+
     class Client(gmqtt.Client):  # type: ignore[misc]
         #: the protocol it connects with (the tests drive its parser without a socket)
         protocol_class = Protocol
@@ -614,6 +776,8 @@ def _gmqtt() -> tuple[Any, Any, Any, Any]:
         deliver: Callable[..., None] | None = None
         #: set by the session: told (transport, protocol) before CONNECT goes out
         on_wired: Callable[[Any, Any], None] | None = None
+        #: set by the session: the link was silent for two keepalives
+        on_silent: Callable[[str], None] | None = None
 
         async def reconnect(self, delay: bool = False) -> None:
             """The driver owns reconnection (jittered backoff, a fresh client per attempt)."""
@@ -632,13 +796,13 @@ def _gmqtt() -> tuple[Any, Any, Any, Any]:
                 Protocol,
                 connection_state=self._connection_state,
                 id_generator=handler.id_generator,
-                deliver=self.deliver,
+                deliver=None,  # set by the session once the broker accepted the connection
             )
             loop = asyncio.get_running_loop()
             transport, protocol = await loop.create_connection(factory, host, port, ssl=ssl)
             if self.on_wired is not None:
                 self.on_wired(transport, protocol)
-            return MQTTConnection(
+            conn = Connection(
                 transport,
                 protocol,
                 clean_session,
@@ -646,6 +810,8 @@ def _gmqtt() -> tuple[Any, Any, Any, Any]:
                 package_handler=handler,
                 logger=self._logger,
             )
+            conn.silent = self.on_silent
+            return conn
 
     class Storage(PersistentStorage):  # type: ignore[misc]
         """gmqtt's in-flight store, used as the hook that reports acks."""
@@ -675,6 +841,10 @@ class _Owner(Protocol):
     def _on_lost(self, session: _GmqttSession, reason: str) -> None: ...
 
     def _on_broker_disconnect(self, code: int | None) -> None: ...
+
+    def _on_broker_fault(self, session: _GmqttSession, counter: str, what: str) -> None: ...
+
+    def _on_dropped_publish(self, session: _GmqttSession, qos: int, mid: int | None) -> None: ...
 
 
 class _GmqttSession:
@@ -739,12 +909,149 @@ class _GmqttSession:
         self._handler = handler
         client.deliver = functools.partial(owner._on_message, self)
         client.on_wired = self._on_wired
+        client.on_silent = self._on_silent
+        #: the broker's CONNACK accepted the connection: from then on messages are taken
+        self.accepted = False
+        self.violation: str | None = None  # how the broker broke MQTT, if it did
+        self.fault: str | None = None  # the counter of the broker fault that ended it
+        self._sub_mids: set[int] = set()  # SUBSCRIBEs awaiting their SUBACK
+        self._suback_codes: tuple[int, ...] | None = None
+        self._delivered = False  # set by the callbacks of gmqtt's PUBLISH path
+        self._gm = {  # gmqtt's handlers of the packets it may see on an accepted session
+            t: getattr(handler, f"_handle_{_PACKET_NAMES[t].lower()}_packet")
+            for t in (0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x90, 0xB0, 0xD0, 0xE0)
+        }
+        self._arm()
         self._v5 = settings.protocol == "5"
         self._ids = handler.id_generator
         #: topic -> (length-prefixed topic, the same + QoS 0's property block)
         self._topics: dict[str, tuple[bytes, bytes]] = {}
         self._transport: Any = None  # asyncio or uvloop TCP transport, once connected
         self._proto: Any = None  # the Protocol of _gmqtt(), once connected
+
+    # -- what the broker may send, when -------------------------------------------------
+    def _arm(self) -> None:
+        """Route each packet type through gmqtt's handler cache (looked up per packet
+        anyway, so this costs nothing per message): before CONNACK only CONNACK (and the
+        stand-in DISCONNECT of a closed socket) is taken; afterwards what a server may
+        send, with the PUBLISH gmqtt decodes and SUBACK checked; anything else (CONNECT,
+        SUBSCRIBE, a second CONNACK, ...) is a broken broker."""
+        cache: dict[int, Any] = self._handler._handler_cache
+        cache.clear()
+        for t in _PACKET_NAMES:
+            cache[t] = self._unexpected
+        cache[0xE0] = self._gm[0xE0]
+        if not self.accepted:
+            cache[0x20] = self._on_connack_packet
+            return
+        for t in (0x40, 0x60, 0x70, 0xB0, 0xD0):
+            cache[t] = self._gm[t]
+        cache[0x30] = self._on_publish_packet
+        cache[0x50] = self._on_pubrec_packet
+        cache[0x90] = self._on_suback_packet
+
+    def _disarm(self) -> None:
+        """Take nothing more from this socket: the rest of the read that ended it (a
+        transport delivers nothing after an abort, but the read in hand goes on)."""
+        if self._proto is not None:
+            self._proto.deliver = None
+        cache: dict[int, Any] = self._handler._handler_cache
+        for t in _PACKET_NAMES:
+            cache[t] = _ignore
+        cache[0xE0] = self._gm[0xE0]
+
+    def protocol_error(self, what: str) -> None:
+        """The broker broke MQTT: counted, and the session ends (it is retried)."""
+        if self.lost.is_set():
+            return
+        self.violation = what
+        self.fault = "protocol_errors"
+        self._owner._on_broker_fault(self, "protocol_errors", f"broker violated MQTT: {what}")
+        self.abort(f"broker violated MQTT: {what}")
+
+    def _unexpected(self, cmd: int, packet: bytes) -> None:
+        where = "" if self.accepted else " before CONNACK"
+        self.protocol_error(f"unexpected {_PACKET_NAMES[cmd & 0xF0]} packet{where}")
+
+    def _on_connack_packet(self, cmd: int, packet: bytes) -> None:
+        if len(packet) < 2 or packet[0] > 1 or (self._v5 and packet[1] == 0 and len(packet) < 3):
+            self.protocol_error(f"malformed CONNACK {bytes(packet[:16])!r}")
+            return
+        handler = self._handler
+        if self._v5 and packet[1] == 1:  # a 3.1.1 broker's "unacceptable protocol version"
+            # gmqtt would retry as 3.1.1 through the reconnect the driver disables
+            from gmqtt.mqtt.handler import MQTTConnectError
+
+            handler._error = MQTTConnectError(1)
+            handler._connack_received.set()
+            return
+        if packet[1] == 0 and self._v5:
+            try:
+                props, _ = handler._parse_properties(packet[2:])
+            except Exception:
+                props = None
+            if props is None:
+                self.protocol_error("CONNACK with malformed properties")
+                return
+        self._gm[0x20](cmd, packet)
+        if packet[1] == 0 and not handler.has_error:
+            self.accepted = True
+            self._arm()
+            if self._proto is not None:
+                self._proto.deliver = self._client.deliver
+
+    def _on_publish_packet(self, cmd: int, packet: bytes) -> None:
+        """A PUBLISH the fast path left to gmqtt: what gmqtt drops silently (malformed,
+        an unknown topic alias) ends the session, counted."""
+        self._delivered = False
+        try:
+            self._gm[0x30](cmd, packet)
+        except Exception as err:
+            self.protocol_error(f"malformed PUBLISH ({err})")
+            return
+        if not self._delivered:
+            self.protocol_error("malformed PUBLISH, or a topic alias never set")
+
+    def _on_pubrec_packet(self, cmd: int, packet: bytes) -> None:
+        mid = packet[0] << 8 | packet[1] if len(packet) >= 2 else 0
+        if mid not in self._storage._messages:  # gmqtt would answer with a PUBREL
+            self._owner._on_broker_fault(self, "unexpected_acks", f"PUBREC for packet id {mid}")
+            return
+        self._gm[0x50](cmd, packet)
+
+    def _on_suback_packet(self, cmd: int, packet: bytes) -> None:
+        mid = packet[0] << 8 | packet[1] if len(packet) >= 2 else 0
+        if mid not in self._sub_mids:  # gmqtt would free that id: maybe a PUBLISH's
+            self._owner._on_broker_fault(self, "unexpected_acks", f"SUBACK for packet id {mid}")
+            return
+        self._sub_mids.discard(mid)
+        self._suback_codes = None
+        try:
+            self._gm[0x90](cmd, packet)
+        except Exception:
+            self._suback_codes = None
+        codes = self._suback_codes
+        if codes is None:
+            self.protocol_error("malformed SUBACK")
+        elif len(codes) != 1:  # one filter per SUBSCRIBE
+            self.protocol_error(f"SUBACK with {len(codes)} reason codes for 1 topic filter")
+        else:
+            self._owner._on_suback(self, mid, codes)
+
+    def _bad_incoming(self, topic: Any, mid: int | None, props: Mapping[str, Any]) -> bool:
+        """A PUBLISH from gmqtt's path that no broker may send (ended, counted)."""
+        self._delivered = True
+        if not isinstance(topic, str):
+            self.protocol_error(f"PUBLISH topic is not UTF-8: {bytes(topic[:40])!r}")
+        elif mid == 0:
+            self.protocol_error("QoS>0 PUBLISH with packet id 0")
+        elif "topic_alias" in props and (
+            not props["topic_alias"][0] or len(self._handler._server_topics_aliases) > _MAX_ALIASES
+        ):
+            self.protocol_error("topic aliases the client never allowed")
+        else:
+            return False
+        return True
 
     # -- gmqtt callbacks --------------------------------------------------------------
     def _on_wired(self, transport: Any, protocol: Any) -> None:
@@ -753,8 +1060,19 @@ class _GmqttSession:
         self._transport = transport
         self._proto = protocol
         self._v5 = protocol.v5  # gmqtt may have fallen back to 3.1.1
+        protocol.max_packet = self._settings.max_payload_bytes + _PACKET_SLACK
+        protocol.bad = self.protocol_error
+        protocol.dropped = functools.partial(self._owner._on_dropped_publish, self)
+
+    def _on_silent(self, what: str) -> None:
+        if not self.lost.is_set():
+            self.fault = "keepalive_timeouts"
+            self._owner._on_broker_fault(self, "keepalive_timeouts", what)
+            self.abort(what)
 
     def _on_qos0(self, client: Any, topic: str, payload: bytes, qos: int, props: Any) -> int:
+        if self._bad_incoming(topic, None, props):
+            return 0
         self._owner._on_message(
             self,
             Incoming(topic, payload, qos, bool(props["retain"])),
@@ -766,6 +1084,8 @@ class _GmqttSession:
     def _on_acked_publish(
         self, qos: int, mid: int, payload: bytes, topic: str, props: dict[str, Any]
     ) -> None:
+        if self._bad_incoming(topic, mid, props):
+            return
         self._owner._on_message(
             self,
             Incoming(topic, payload, qos, bool(props["retain"]), bool(props.get("dup"))),
@@ -782,7 +1102,7 @@ class _GmqttSession:
             self.sub_ids = False
 
     def _on_subscribe(self, client: Any, mid: int, codes: tuple[int, ...], props: Any) -> None:
-        self._owner._on_suback(self, mid, tuple(codes))
+        self._suback_codes = tuple(codes)  # checked by _on_suback_packet
 
     def _on_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
         """The broker's DISCONNECT (MQTT 5: a reason code first), or gmqtt's empty stand-in
@@ -829,7 +1149,9 @@ class _GmqttSession:
                 except MQTTConnectError as err:
                     raise _Refused(getattr(err, "_code", None), f"refused: {err}") from err
             elif lost in done:
-                raise _SessionLost("connection closed before CONNACK")
+                if self.violation is not None:
+                    raise _Violation(self.violation)
+                raise _SessionLost(self.lost_reason or "connection closed before CONNACK")
             else:
                 raise TimeoutError(f"no CONNACK within {s.connect_timeout:g} s")
         finally:
@@ -915,6 +1237,7 @@ class _GmqttSession:
             mid: int = self._client.subscribe([sub], subscription_identifier=sub_id)
         else:
             mid = self._client.subscribe([sub])
+        self._sub_mids.add(mid)
         return mid
 
     def unsubscribe(self, filters: list[str]) -> None:
@@ -937,6 +1260,7 @@ class _GmqttSession:
         if not self.lost.is_set():
             self.lost_reason = reason
             self.lost.set()
+            self._disarm()
             self._owner._on_lost(self, reason)
         t = self._transport
         if t is not None and not t.is_closing():
@@ -1194,6 +1518,8 @@ class MqttConnection:
     def _route(self, topic: str) -> tuple[Handler, ...]:
         handlers = self._routes.get(topic)
         if handlers is None:
+            if _bad_topic(topic):  # the message is refused, and the topic not cached
+                return ()
             handlers = tuple(
                 s.handler
                 for subs in self._subs.values()
@@ -1234,11 +1560,16 @@ class MqttConnection:
             return
         if not sub_ids:
             handlers = self._routes.get(topic) or self._route(topic)
+        elif "+" in topic or "#" in topic or "\0" in topic:  # ~25 ns; _route checks the rest
+            handlers = ()
         elif len(sub_ids) == 1:
             handlers = self._id_handlers.get(sub_ids[0], ())
         else:
             handlers = self._merged_handlers(sub_ids)
         if not handlers:
+            if _bad_topic(topic):
+                session.protocol_error(f"PUBLISH to a topic with a wildcard or NUL: {topic!r}")
+                return
             counters["unrouted"] += 1
             self._ack(session, entry)
             return
@@ -1263,6 +1594,8 @@ class MqttConnection:
             return
         if entry is not None:
             session.pending_acks.append(entry)
+            if len(session.pending_acks) > _RECEIVE_MAX:
+                self._over_receive_maximum(session)
         task = asyncio.create_task(
             self._finish(session, entry, topic, pending), name=f"{self._label}.handler"
         )
@@ -1295,7 +1628,16 @@ class MqttConnection:
         else:  # an earlier message's async handler is still running: keep the order
             entry[2] = True
             session.pending_acks.append(entry)
+            if len(session.pending_acks) > _RECEIVE_MAX:
+                self._over_receive_maximum(session)
             self._flush_acks(session)
+
+    @staticmethod
+    def _over_receive_maximum(session: _GmqttSession) -> None:
+        """More QoS>0 messages unacknowledged than the client allows (MQTT 5's receive
+        maximum, 65535 when not sent; a 3.1.1 broker has no more packet ids): a broker
+        that ignores it would grow the acks and handler tasks held without bound."""
+        session.protocol_error(f"over {_RECEIVE_MAX} QoS>0 messages sent unacknowledged")
 
     @staticmethod
     def _flush_acks(session: _GmqttSession) -> None:
@@ -1421,6 +1763,7 @@ class MqttConnection:
             return
         out = self._by_mid.pop(mid, None)
         if out is None or out.done:
+            self._on_broker_fault(session, "unexpected_acks", f"an ack for packet id {mid}")
             return
         out.done = True
         _resolve(out.confirmed)
@@ -1533,6 +1876,10 @@ class MqttConnection:
                 except _Refused as err:
                     self._counters["auth_failures"] += err.auth
                     self._failed("auth refused" if err.auth else "refused", str(err))
+                except _Violation as err:
+                    self._failed(
+                        "protocol error", f"{s.host}:{s.port}: broker violated MQTT: {err}"
+                    )
                 except (OSError, TimeoutError, _SessionLost) as err:
                     self._failed("unreachable", f"{s.host}:{s.port}: {err}")
                 except Exception as err:  # a library bug must not end the loop
@@ -1552,7 +1899,8 @@ class MqttConnection:
                     if time.monotonic() - up_at >= _STABLE_S:
                         attempt = 0
                     if not self._closing:
-                        self._failed("lost", session.lost_reason)
+                        # a loss the broker's fault caused is its own kind in the burst log
+                        self._failed("lost", session.lost_reason, session.fault)
             finally:
                 if self._session is not session:  # keep a live one for close()
                     await session.close(graceful=False, timeout=1.0)
@@ -1561,6 +1909,24 @@ class MqttConnection:
             delay = min(s.reconnect_max, s.reconnect_min * 2 ** min(attempt, 30))
             attempt += 1
             await asyncio.sleep(random.uniform(delay / 2, delay))
+
+    def _on_broker_fault(self, session: _GmqttSession, counter: str, what: str) -> None:
+        """The broker misbehaved: counted. What ends the session is logged by ``_failed``
+        (the loss or the failed attempt); the rest once per burst here."""
+        self._counters[counter] += 1
+        if session is self._session and counter not in _SESSION_ENDING:
+            self._warn_once(counter, what)
+
+    def _on_dropped_publish(self, session: _GmqttSession, qos: int, mid: int | None) -> None:
+        """An incoming PUBLISH far over ``max_payload_bytes`` was skipped unread."""
+        self._counters["oversize_dropped"] += 1
+        self._warn_once(
+            "oversize",
+            f"dropping incoming payloads over {self.settings.max_payload_bytes} bytes "
+            f"(one skipped unread{'' if mid or not qos else ', its packet id unknown'})",
+        )
+        if mid is not None and qos:
+            self._ack(session, [qos, mid, False])
 
     def _on_broker_disconnect(self, code: int | None) -> None:
         self._counters["broker_disconnects"] += 1
@@ -1609,8 +1975,11 @@ class MqttConnection:
         if self._session is session:
             self._connected.set()
 
-    def _failed(self, kind: str, message: str) -> None:
+    def _failed(self, kind: str, message: str, key: str | None = None) -> None:
+        """An attempt failed or a session was lost; logged once per burst for each ``key``
+        (default: ``kind``)."""
         burst = self._burst
+        key = key or kind
         if kind != "lost":
             self._counters["connect_failures"] += 1
             burst.failures += 1
@@ -1618,8 +1987,8 @@ class MqttConnection:
             burst.since = time.monotonic()
         self._last_error = message
         self._set_state({"lost": "connecting"}.get(kind, kind), message)
-        if kind not in burst.kinds:
-            burst.kinds.add(kind)
+        if key not in burst.kinds:
+            burst.kinds.add(key)
             log.warning(
                 "%s: %s: %s (retrying with backoff; logged once per burst)",
                 self._label,
