@@ -50,6 +50,10 @@ class InjectNode(SourceNode):
 
             if not croniter.is_valid(params.cron):
                 return [f"cron: {params.cron!r} is not a valid cron expression"]
+            try:  # valid syntax can still name no date ("0 0 30 2 *"): the task would die
+                croniter(params.cron, time.time()).get_next(float)
+            except Exception:  # CroniterBadDateError and kin
+                return [f"cron: {params.cron!r} never fires (no such date)"]
         return []
 
     def __init__(self, node_id: str, params: Any, ctx: Any) -> None:

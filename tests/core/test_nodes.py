@@ -116,6 +116,7 @@ async def test_inject_cron_with_seconds_fires(engine: Engine) -> None:
     [
         ({"cron": "not a cron"}, "not a valid cron expression"),
         ({"cron": "61 * * * *"}, "not a valid cron expression"),
+        ({"cron": "0 0 30 2 *"}, "never fires (no such date)"),  # the task died at start
         ({"interval": 1, "cron": "* * * * *"}, "not both"),
         ({}, "set at least one of interval, cron, once"),
         ({"interval": 0}, "interval must be > 0"),
