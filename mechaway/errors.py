@@ -61,6 +61,15 @@ class StoreError(MechawayError):
     """The SQLite store could not be opened or written."""
 
 
+class StoreUnavailable(StoreError):
+    """The file could not be written (disk full, I/O error, read-only): nothing of the
+    write was stored, and the same write may succeed later. ``reason``: "disk full", ..."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 #: longest error text kept in status, logs and error messages: a node that puts a whole
 #: (outside) value into its exception must not put 100 KB into every status call
 MAX_ERROR_TEXT = 500

@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from mechaway import __version__
-from mechaway.errors import FlowError, Issue
+from mechaway.errors import FlowError, Issue, StoreUnavailable
 from mechaway.flow.parse import parse_text
 from mechaway.nodes.registry import node_types, params_schema
 from mechaway.runtime.manager import FlowManager
@@ -87,6 +87,8 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(exc.status, (exc.text if exc.status in (408, 413) else None) or exc.reason)
     except FlowError as err:
         return _error(400, "invalid flow", err.issues)
+    except StoreUnavailable as err:  # disk full: nothing was stored; retry once there is room
+        return _error(503, str(err))
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return _error(500, "internal error (details in the daemon log)")

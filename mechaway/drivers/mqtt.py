@@ -34,7 +34,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
 
-from mechaway.errors import ConfigError, MechawayError, NotConnected
+from mechaway.errors import ConfigError, MechawayError, NotConnected, StoreUnavailable
 
 __all__ = [
     "Incoming",
@@ -340,6 +340,8 @@ _COUNTERS = (
     "protocol_errors",  # sessions ended because the broker broke MQTT (bad packet, type, id)
     "unexpected_acks",  # PUBACK/PUBREC/PUBCOMP/SUBACK for a packet id not in flight (ignored)
     "keepalive_timeouts",  # sessions ended: nothing from (or read by) the broker in 2 keepalives
+    "redeliveries_requested",  # sessions ended so the broker redelivers what the store refused
+    "acked_unstored",  # QoS>0 messages acknowledged though the store refused them (clean session)
 )
 
 #: broker faults that end the session (``_GmqttSession.fault``)
@@ -1609,16 +1611,53 @@ class MqttConnection:
         topic: str,
         pending: list[Awaitable[None]],
     ) -> None:
+        unstored: StoreUnavailable | None = None
         try:
             for aw in pending:
                 try:
                     await aw
+                except StoreUnavailable as err:  # the store could not keep it (disk full)
+                    unstored = err
                 except Exception as err:
                     self._handler_failed(topic, err)
         finally:
             if entry is not None:
-                entry[2] = True
-                self._flush_acks(session)
+                if unstored is not None and not self.settings.clean_session:
+                    self._redeliver(session, unstored)
+                else:
+                    if unstored is not None:
+                        self._acked_unstored(topic, unstored)
+                    entry[2] = True
+                    self._flush_acks(session)
+
+    def _redeliver(self, session: _GmqttSession, err: StoreUnavailable) -> None:
+        """A message the store could not keep is not acknowledged: the session ends, and the
+        broker (persistent session) delivers it again on the next one, after the backoff."""
+        self._counters["redeliveries_requested"] += 1
+        if "redeliver" not in self._logged_once:
+            self._logged_once.add("redeliver")
+            log.warning(
+                "%s: %s; not acknowledged, reconnecting so that the broker delivers it again"
+                " (logged once per burst)",
+                self._label,
+                err,
+            )
+        session.abort(f"store unavailable ({err.reason}): asking the broker to redeliver")
+
+    def _acked_unstored(self, topic: str, err: StoreUnavailable) -> None:
+        """A clean session keeps nothing across a reconnect: ending it would lose this
+        message and every other in flight, so it is acknowledged, counted, and said."""
+        self._counters["acked_unstored"] += 1
+        if "unstored" not in self._logged_once:
+            self._logged_once.add("unstored")
+            log.error(
+                "%s: a message on %r was acknowledged although the store could not keep it"
+                " (%s); with clean_session = false the broker would deliver it again"
+                " (logged once per burst)",
+                self._label,
+                topic,
+                err,
+            )
 
     def _ack(self, session: _GmqttSession, entry: list[Any] | None) -> None:
         if entry is None:

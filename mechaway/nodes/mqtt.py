@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Literal
 
+from mechaway.errors import StoreUnavailable
 from mechaway.nodes.base import (
     Message,
     Node,
@@ -110,7 +111,11 @@ class MQTTInNode(SourceNode):
 
     async def _settle(self, receipts: list[Awaitable[Any]]) -> None:
         if receipts:
-            await asyncio.gather(*receipts, return_exceptions=True)
+            for result in await asyncio.gather(*receipts, return_exceptions=True):
+                # the store could not keep it (disk full): the connection withholds the
+                # PUBACK; any other failure was counted by its node and is acknowledged
+                if isinstance(result, StoreUnavailable):
+                    raise result
         await self.room()
 
     def status(self) -> dict[str, Any] | None:

@@ -8,7 +8,9 @@ thread, and each caller's asyncio future resolves with its own result after the 
 One item must not sink the others of its op: when the batch function raises (a value
 SQLite refuses, say), what it did is rolled back and every item runs again alone, each in
 its own savepoint and in the original order, inside the same transaction. Only the
-items that fail alone fail; the rest commit as if nothing happened.
+items that fail alone fail; the rest commit as if nothing happened. Not when the file
+cannot be written (disk full, I/O error): that is no item's fault, every item of the op
+fails with the store's ``StoreUnavailable``, and nothing is retried item by item.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast
 
-from mechaway.store.db import Database
+from mechaway.store.db import Database, unavailable
 
 log = logging.getLogger("mechaway.store")
 
@@ -57,7 +59,9 @@ def run_isolated(run: BatchOp[T], items: list[T], conn: sqlite3.Connection) -> l
     try:
         out = run(conn, items)
     except Exception as exc:
-        if not conn.in_transaction:  # SQLite gave the whole transaction up: nothing to retry
+        # SQLite gave the whole transaction up, or the file cannot be written: no item's
+        # fault, retrying each alone would fail each the same way
+        if not conn.in_transaction or unavailable(exc) is not None:
             raise
         conn.execute("ROLLBACK TO batch")
         conn.execute("RELEASE batch")
@@ -74,7 +78,7 @@ def _run_one(run: BatchOp[T], item: T, conn: sqlite3.Connection) -> Any:
     try:
         (res,) = run(conn, [item])
     except Exception as exc:
-        if not conn.in_transaction:
+        if not conn.in_transaction or unavailable(exc) is not None:
             raise
         conn.execute("ROLLBACK TO item")
         res = exc

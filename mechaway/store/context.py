@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 import time
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from mechaway.store.db import Database, register_migration
+from mechaway.store.db import Database, register_migration, unavailable
 from mechaway.tasks import OwnedTask
 
 log = logging.getLogger("mechaway.store.context")
@@ -88,6 +89,9 @@ class ContextKeeper:
         self._engine: EngineHooks | None = None
         #: the last state blob read or submitted per node (newer than the file until committed)
         self._saved: dict[Key, bytes] = {}
+        #: states whose save failed (disk full...): submitted again by the next pass, also
+        #: for nodes that are gone (retired while the file could not be written)
+        self._retry: dict[Key, bytes] = {}
         self._task = OwnedTask("mechaway.store.context.saver")
         self.restored = 0
         self.saves = 0
@@ -119,7 +123,7 @@ class ContextKeeper:
     # -- the file ---------------------------------------------------------------------------
     def load(self, flow_id: str, node_id: str) -> Any:
         """The last saved state of a node (``None`` when there is none)."""
-        blob = self._saved.get((flow_id, node_id))
+        blob = self._saved.get((flow_id, node_id)) or self._retry.get((flow_id, node_id))
         if blob is None:
             rows = self.db.read(
                 "SELECT state FROM node_context WHERE flow_id = ? AND node_id = ?",
@@ -144,6 +148,7 @@ class ContextKeeper:
             return None
         for fid, nid, blob in items:
             self._saved[(fid, nid)] = blob
+            self._retry.pop((fid, nid), None)  # superseded
         now = time.time()
         rows = [(fid, nid, blob, now) for fid, nid, blob in items]
 
@@ -157,13 +162,25 @@ class ContextKeeper:
 
         self.saves += len(items)
         fut = asyncio.wrap_future(self.db.submit(op, durable=True))
-        fut.add_done_callback(self._count_failure)
+        fut.add_done_callback(functools.partial(self._count_failure, items))
         return fut
 
-    def _count_failure(self, fut: asyncio.Future[None]) -> None:
-        if not fut.cancelled() and fut.exception() is not None:
-            self.save_errors += 1
-            log.error("saving node state failed: %s", fut.exception())
+    def _count_failure(
+        self, items: list[tuple[str, str, bytes]], fut: asyncio.Future[None]
+    ) -> None:
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is None:
+            return
+        self.save_errors += 1
+        # the file cannot be written (disk full): the store logs that once per burst
+        level = logging.ERROR if unavailable(exc) is None else logging.DEBUG
+        log.log(level, "saving node state failed (retried at the next pass): %s", exc)
+        for fid, nid, blob in items:
+            # not on disk: forget it was "saved" (else an unchanged state is never written
+            # again), and keep it for the next pass unless a newer state was submitted since
+            if self._saved.get((fid, nid)) is blob:
+                del self._saved[(fid, nid)]
+                self._retry[(fid, nid)] = blob
 
     # -- hooks ------------------------------------------------------------------------------
     def restore(self, flow_id: str, node_id: str, node: Any) -> None:
@@ -198,6 +215,8 @@ class ContextKeeper:
         starts fresh). Waits until the deletion is durable, after any pending save."""
         for key in [k for k in self._saved if k[0] == flow_id]:
             del self._saved[key]
+        for key in [k for k in self._retry if k[0] == flow_id]:
+            del self._retry[key]
         await self.db.write(
             lambda conn: conn.execute("DELETE FROM node_context WHERE flow_id = ?", (flow_id,)),
             durable=True,
@@ -205,13 +224,15 @@ class ContextKeeper:
 
     # -- periodic checkpoint ----------------------------------------------------------------
     def save_changed(self) -> asyncio.Future[None] | None:
-        """Save every running persistent node whose state changed: ONE durable op."""
-        changed: list[tuple[str, str, bytes]] = []
+        """Save every running persistent node whose state changed, and every state whose
+        save failed before: ONE durable op."""
+        changed = dict(self._retry)
+        self._retry.clear()
         for fid, nid, node in self._running():
             blob = self._encode(fid, nid, node)
             if blob is not None and blob != self._saved.get((fid, nid)):
-                changed.append((fid, nid, blob))
-        return self._submit(changed)
+                changed[(fid, nid)] = blob
+        return self._submit([(fid, nid, blob) for (fid, nid), blob in changed.items()])
 
     async def flush(self) -> None:
         """Save what changed and wait for the commit."""
@@ -241,5 +262,6 @@ class ContextKeeper:
             "restored": self.restored,
             "saves": self.saves,
             "save_errors": self.save_errors,
+            "unsaved": len(self._retry),
             "last_restore_ms": round(self.last_restore_ms, 3),
         }

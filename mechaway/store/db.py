@@ -10,6 +10,12 @@ Durability per write: ``durable=True`` ops are committed with ``synchronous=FULL
 WAL is fsynced before the future resolves: survives power loss); other batches commit
 with ``synchronous=NORMAL`` (survive a crash or ``kill -9``; a power cut may lose the
 last ~batch, never corrupts).
+
+When the file cannot be written (disk full, I/O error, read-only): SQLite rolls the
+whole transaction back, so every write of that batch fails with ``StoreUnavailable``
+(naming the file and why: "disk full"), nothing of it is acknowledged, and the writer
+goes on with the next batch: writes resume by themselves once space is back. Failures
+are counted (``stats``) and logged once per burst, not once per write.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mechaway.errors import StoreError
+from mechaway.errors import StoreError, StoreUnavailable
 
 log = logging.getLogger("mechaway.store")
 
@@ -78,6 +84,33 @@ SCHEMA_MODULES = (
 
 _STOP = object()
 
+#: primary SQLite result codes that mean "the file cannot be written now", not "this write
+#: is bad": what failed may succeed later, unchanged
+_UNAVAILABLE = {
+    sqlite3.SQLITE_FULL: "disk full",
+    sqlite3.SQLITE_IOERR: "disk I/O error",
+    sqlite3.SQLITE_READONLY: "read-only",
+    sqlite3.SQLITE_CANTOPEN: "cannot open a file",
+}
+#: a new burst of write failures is logged at most this often (seconds)
+TROUBLE_LOG_INTERVAL = 60.0
+
+
+def unavailable(exc: BaseException) -> str | None:
+    """Why ``exc`` means the file cannot be written now ("disk full", ...), else None."""
+    if isinstance(exc, StoreUnavailable):
+        return exc.reason
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None:
+            return _UNAVAILABLE.get(code & 0xFF)
+        text = str(exc)  # raised without a code (a wrapper, a test double): by SQLite's text
+        if "database or disk is full" in text:
+            return "disk full"
+        if "disk I/O error" in text:
+            return "disk I/O error"
+    return None
+
 
 def _settle(fut: Future[Any], result: Any, failure: BaseException | None) -> None:
     """Resolve a caller's future; one the caller cancelled (``asyncio.wrap_future`` cancels
@@ -112,6 +145,19 @@ class Database:
         self.commits = 0
         self.fsync_commits = 0
         self.ops = 0
+        #: writes refused because the file could not be written (disk full, I/O error)
+        self.failed_writes = 0
+        #: batches whose commit failed for that reason
+        self.failed_commits = 0
+        #: separate bursts of such failures (a burst ends with a commit that wrote)
+        self.trouble_bursts = 0
+        #: while writes fail: why ("disk full", ...) and since when (epoch seconds)
+        self.trouble: str | None = None
+        self.trouble_since: float | None = None
+        self.last_error: str | None = None
+        self._trouble_logged = -TROUBLE_LOG_INTERVAL
+        self._burst_failed = 0
+        self._burst_logged = False
         #: called on the loop by ``close`` before the writer stops (writers that gather
         #: ops in memory, e.g. per-tick coalescing, submit what they hold)
         self.before_close: list[Callable[[], None]] = []
@@ -146,6 +192,14 @@ class Database:
         except sqlite3.DatabaseError as err:
             with contextlib.suppress(NameError, sqlite3.Error):
                 conn.close()
+            reason = unavailable(err)
+            if reason is not None:  # not damage: moving the file aside would not help
+                raise StoreUnavailable(
+                    f"{self.path}: {reason}: cannot open the database for writing ({err}). "
+                    f"Nothing was changed. Free space in (or make writable) "
+                    f"{self.path.parent} and start again.",
+                    reason,
+                ) from err
             name = self.path.name
             why = " ".join(str(err).split())[:200]
             raise StoreError(
@@ -156,14 +210,39 @@ class Database:
                 f"mechaway.store.salvage bad-{name} {name}` (or an sqlite3 shell that has "
                 f"`.recover`), and start again."
             ) from err
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA journal_size_limit=8388608")  # WAL shrinks back after checkpoints
+        self._writer_settings(conn)
         self._reader = self._connect()
         self._reader.execute("PRAGMA query_only=1")
         self._thread = threading.Thread(
             target=self._run, args=(conn,), name="mechaway.store.writer", daemon=True
         )
         self._thread.start()
+
+    @staticmethod
+    def _writer_settings(conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA journal_size_limit=8388608")  # WAL shrinks back after checkpoints
+
+    def _idle(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+        """``conn`` with no transaction open (after a failed batch): a transaction left
+        open would fail every later BEGIN ("within a transaction") for ever. If ROLLBACK
+        cannot end it, the connection is replaced."""
+        if not conn.in_transaction:
+            return conn
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        if not conn.in_transaction:
+            return conn
+        log.error("%s: a transaction could not be rolled back: reopening the writer", self.path)
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+        try:
+            fresh = self._connect()
+            self._writer_settings(fresh)
+        except sqlite3.Error as err:
+            log.error("%s: reopening the writer failed (next batch retries): %s", self.path, err)
+            return conn
+        return fresh
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Apply every registered step not yet applied, in version order.
@@ -255,12 +334,13 @@ class Database:
                 self._commit(conn, batch)
             except BaseException as exc:  # the writer must outlive anything one batch does
                 log.exception("%s: a batch of %d writes failed unexpectedly", self.path, len(batch))
-                with contextlib.suppress(sqlite3.Error):
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
                 err = StoreError(f"{self.path}: write failed: {type(exc).__name__}: {exc}")
                 for _op, fut, _d in batch:
                     _settle(fut, None, err)
+            try:
+                conn = self._idle(conn)
+            except BaseException:
+                log.exception("%s: cleaning up after a batch failed", self.path)
         try:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
@@ -271,6 +351,7 @@ class Database:
         durable = any(d for _op, _f, d in batch)
         results: list[tuple[Future[Any], Any, BaseException | None]] = []
         changes = conn.total_changes
+        troubled = False  # an op failed because the file could not be written
         try:
             if durable:
                 conn.execute("PRAGMA synchronous=FULL")
@@ -280,11 +361,21 @@ class Database:
                 try:
                     res = op(conn)
                 except Exception as exc:
+                    if not conn.in_transaction:
+                        # SQLite gave the whole transaction up (disk full, I/O error): the
+                        # ops before this one are undone too, so the whole batch fails
+                        raise
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
-                    log.error("%s: a write failed and was rolled back: %s", self.path, exc)
-                    results.append((fut, None, exc))
+                    refusal = self._refused(exc, 1)
+                    if unavailable(exc) is None:
+                        log.error("%s: a write failed and was rolled back: %s", self.path, exc)
+                    else:
+                        troubled = True
+                    results.append((fut, None, refusal))
                 else:
+                    if not conn.in_transaction:  # an op swallowed the error that ended it
+                        raise StoreError("the transaction was rolled back under a write")
                     conn.execute("RELEASE op")
                     results.append((fut, res, None))
             conn.execute("COMMIT")
@@ -293,11 +384,16 @@ class Database:
             self.ops += len(batch)
             if conn.total_changes != changes:  # a commit that wrote nothing synced nothing
                 self.unsynced = not durable
-        except sqlite3.Error as exc:
-            log.error("%s: commit of %d writes failed: %s", self.path, len(batch), exc)
+                if self.trouble is not None and not troubled:
+                    self._recovered()
+        except Exception as exc:
             with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            err = StoreError(f"{self.path}: write failed: {exc}")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            err = self._refused(exc, len(batch), commit=True)
+            if unavailable(exc) is None:
+                log.error("%s: commit of %d writes failed: %s", self.path, len(batch), exc)
+                err = StoreError(f"{self.path}: write failed: {exc}")
             results = [(fut, None, err) for _op, fut, _d in batch]
         finally:
             if durable:
@@ -305,6 +401,55 @@ class Database:
                     conn.execute("PRAGMA synchronous=NORMAL")
         for fut, res, failure in results:
             _settle(fut, res, failure)
+
+    # -- the file cannot be written -------------------------------------------------------
+    def _refused(self, exc: BaseException, n: int, *, commit: bool = False) -> BaseException:
+        """``exc`` as the callers' error: a ``StoreUnavailable`` naming the file and why
+        when the file could not be written (counted, logged once per burst), else ``exc``."""
+        reason = unavailable(exc)
+        if reason is None:
+            return exc
+        self.failed_writes += n
+        self.failed_commits += commit
+        self._burst_failed += n
+        detail = str(exc.__cause__ or exc) if isinstance(exc, StoreUnavailable) else str(exc)
+        self.last_error = f"{reason}: {detail}"
+        if self.trouble != reason:
+            if self.trouble is None:
+                self.trouble_bursts += 1
+                self.trouble_since = time.time()
+            self.trouble = reason
+            now = time.monotonic()
+            if now - self._trouble_logged >= TROUBLE_LOG_INTERVAL:  # a flapping disk: quiet
+                self._trouble_logged = now
+                self._burst_logged = True
+                log.error(
+                    "%s: %s: writes fail and are not acknowledged until it can be written "
+                    "again (%s); further failures are counted, not logged",
+                    self.path,
+                    reason,
+                    detail,
+                )
+        if isinstance(exc, StoreUnavailable):
+            return exc
+        err = StoreUnavailable(f"{self.path}: {reason}: the write was not stored ({exc})", reason)
+        err.__cause__ = exc
+        return err
+
+    def _recovered(self) -> None:
+        """A commit wrote again after failures: end the burst (and say so if it was said)."""
+        if self._burst_logged:
+            log.warning(
+                "%s: writes succeed again after %s for %.1f s (%d writes refused)",
+                self.path,
+                self.trouble,
+                time.time() - (self.trouble_since or time.time()),
+                self._burst_failed,
+            )
+        self.trouble = None
+        self.trouble_since = None
+        self._burst_failed = 0
+        self._burst_logged = False
 
     # -- reads ----------------------------------------------------------------------------
     def read(
@@ -321,6 +466,13 @@ class Database:
             "fsync_commits": self.fsync_commits,
             "writes": self.ops,
             "queued": self._q.qsize(),
+            "failed_writes": self.failed_writes,
+            "failed_commits": self.failed_commits,
+            "trouble_bursts": self.trouble_bursts,
+            # while writes fail: why ("disk full", ...) and since when; None when healthy
+            "trouble": self.trouble,
+            "trouble_since": self.trouble_since,
+            "last_error": self.last_error,
             "path": str(self.path),
             "ts": time.time(),
         }

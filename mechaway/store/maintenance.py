@@ -27,6 +27,7 @@ import sqlite3
 import time
 from typing import Any, Protocol
 
+from mechaway.errors import StoreUnavailable
 from mechaway.store.db import Database, register_migration
 from mechaway.store.kv import KVStore
 from mechaway.store.outbox import Outbox
@@ -69,6 +70,8 @@ class Maintenance:
         self._task = OwnedTask("mechaway.store.maintenance")
         self._last_floor = 0.0
         self.floor_syncs = 0
+        #: retention or sync steps that failed because the file could not be written
+        self.unavailable_steps = 0
         self.last_run_ms = 0.0
 
     async def start(self) -> None:
@@ -98,11 +101,22 @@ class Maintenance:
         return [s for s in found if s is not None]
 
     async def run_once(self) -> None:
-        """One round: retention, then the sync floor."""
+        """One round: retention, then the sync floor.
+
+        While the file cannot be written (disk full) a step that fails for that reason is
+        counted (the store logs the burst once) and the round goes on: another store's
+        retention may be what frees the space.
+        """
         t0 = time.perf_counter()
         for store in self._stores():
-            await store.maintain()
-        await self.sync()
+            try:
+                await store.maintain()
+            except StoreUnavailable:
+                self.unavailable_steps += 1
+        try:
+            await self.sync()
+        except StoreUnavailable:
+            self.unavailable_steps += 1
         self.last_run_ms = (time.perf_counter() - t0) * 1000.0
 
     async def sync(self, *, force: bool = False) -> bool:
@@ -125,6 +139,7 @@ class Maintenance:
     def status(self) -> dict[str, Any]:
         return {
             "floor_syncs": self.floor_syncs,
+            "unavailable_steps": self.unavailable_steps,
             "free_pages": self.free_pages()[0],
             "last_run_ms": round(self.last_run_ms, 3),
         }

@@ -4,11 +4,17 @@ The queue lives in memory for speed and order; every append/removal is also writ
 through the store's single writer, so what was spooled survives a restart (it is
 reloaded at open). Bounded: past ``max_items`` the declared policy drops the oldest or
 the newest message, and every drop is counted.
+
+A row the file refused (disk full) stays queued in memory and is delivered; the append's
+future fails (so nothing waits on it as durable), and the row is written with the next
+append once the file takes writes again. A failed deletion is covered by the next one
+(``id <= n``); until then a restart may deliver those publishes again.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import sqlite3
 from concurrent.futures import Future
@@ -52,6 +58,11 @@ class SqliteSpool:
         self.max_items = max_items
         self.overflow = overflow
         self.dropped = 0
+        #: appends whose row could not be written (disk full...): still queued in memory
+        #: and delivered, written again with the next append once the file takes writes
+        self.write_failures = 0
+        #: appended to by the writer thread, taken from on the loop (deque ops are atomic)
+        self._unwritten: collections.deque[Item] = collections.deque()
         self._q: collections.deque[Item] = collections.deque()
         rows = db.read(
             "SELECT id, topic, payload, qos, retain FROM mqtt_spool WHERE conn = ? ORDER BY id",
@@ -80,15 +91,40 @@ class SqliteSpool:
         self._next += 1
         self._q.append(item)
         name = self.name
+        items = [item]
+        if self._unwritten and self.db.trouble is None:
+            items = self._backlog() + items
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO mqtt_spool(conn, id, topic, payload, qos, retain) "
+            conn.executemany(
+                "INSERT OR IGNORE INTO mqtt_spool(conn, id, topic, payload, qos, retain) "
                 "VALUES (?,?,?,?,?,?)",
-                (name, item[0], item[1], item[2], item[3], int(item[4])),
+                [(name, it[0], it[1], it[2], it[3], int(it[4])) for it in items],
             )
 
-        return self.db.submit(op, durable=durable)
+        fut = self.db.submit(op, durable=durable)
+        fut.add_done_callback(lambda f: self._failed(f, items))
+        return fut
+
+    def _backlog(self) -> list[Item]:
+        """Rows the file refused earlier that are still queued (a prefix is delivered and
+        gone: ids only grow, and the queue only loses its head), oldest first."""
+        head = self._q[0][0]
+        out: list[Item] = []
+        with contextlib.suppress(IndexError):
+            while True:
+                it = self._unwritten.popleft()
+                if it[0] >= head:
+                    out.append(it)
+        out.sort()
+        return out
+
+    def _failed(self, fut: Future[Any], items: list[Item]) -> None:
+        # on the writer thread: the rows are not in the file, only in memory (still
+        # delivered); the next append once the file takes writes again writes them
+        if not fut.cancelled() and fut.exception() is not None:
+            self.write_failures += 1
+            self._unwritten.extend(items)
 
     def peek(self, n: int) -> list[Item]:
         return [self._q[i] for i in range(min(n, len(self._q)))]

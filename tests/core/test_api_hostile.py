@@ -494,3 +494,23 @@ async def test_concurrent_deploys_and_deletes_leave_store_and_engine_agreeing(
     assert (active is None) == (running is None)
     if running is not None:
         assert running.rev == active
+
+
+@pytest.mark.asyncio
+async def test_a_deploy_on_a_full_disk_is_503_and_runs_nothing(
+    make_client: MakeClient, manager: FlowManager
+) -> None:
+    db = manager.store.db
+    pages = db.read("PRAGMA page_count")[0][0]
+    await db.write(lambda c: c.execute(f"PRAGMA max_page_count={pages}").fetchone())
+    client = await make_client()
+    big = flow()
+    big["name"] = "x" * 20_000  # the revision needs new pages
+    resp = await client.put(f"{V1}/flows/gh", json=big, headers=AUTH)
+    # before: a 500 "internal error" and a traceback in the log for a full disk
+    assert resp.status == 503
+    assert "disk full" in (await body(resp))["error"]
+    assert "gh" not in manager.engine.flows
+    await db.write(lambda c: c.execute("PRAGMA max_page_count=1073741823").fetchone())
+    resp = await client.put(f"{V1}/flows/gh", json=big, headers=AUTH)
+    assert resp.status == 201

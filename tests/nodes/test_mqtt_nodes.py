@@ -385,6 +385,78 @@ RELAY = {
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("clean_session", [False, True])
+async def test_a_message_the_full_disk_refused_is_redelivered_not_acked(
+    broker: MosquittoBroker, tmp_path: Path, clean_session: bool
+) -> None:
+    """Disk full: the outbox refuses the message. With a persistent session it is not
+    PUBACKed (the session ends, the broker delivers it again, it is stored once there is
+    room); a clean session cannot be redelivered: acknowledged, counted and said."""
+    from mechaway.store.db import Database
+    from mechaway.store.outbox import Outbox
+
+    db = Database(tmp_path / "m.db")
+    db.open()
+    conns: dict[str, MqttConnection] = {}
+    settings = fast(broker, birth=False, clean_session=clean_session, client_id="dut-full")
+
+    async def get(name: str) -> MqttConnection:
+        if name not in conns:
+            conns[name] = MqttConnection(name, settings, device_id="dut")
+            await conns[name].start()
+            await conns[name].wait_connected(5)
+        return conns[name]
+
+    engine = Engine(Services(store=db, data_dir=tmp_path, connections={"mqtt": get}))
+    doc = {
+        "id": "up",
+        "nodes": [
+            {"id": "in", "type": "MQTTInNode", "params": {"topic": "full/in", "qos": 1}},
+            {"id": "hub", "type": "UpstreamNode"},
+        ],
+        "edges": [{"from": "in", "to": "hub"}],
+    }
+    pub = MqttConnection("pub", fast(broker, birth=False), device_id="pub")
+    await pub.start()
+    try:
+        await engine.deploy(validate(doc))
+        await pub.wait_connected(5)
+        await asyncio.sleep(0.3)
+        outbox = Outbox.of(db)
+        pub.publish("full/in", b'{"n": 1}', qos=1)
+        await until(lambda: len(outbox.peek()) == 1)
+        pages = db.read("PRAGMA page_count")[0][0]
+        await db.write(lambda c: c.execute(f"PRAGMA max_page_count={pages}").fetchone())
+        pub.publish("full/in", orjson.dumps({"n": 2, "pad": "x" * 5000}), qos=1)
+
+        def counter(name: str) -> int:
+            value: int = conns["default"].status()["counters"][name]
+            return value
+
+        if clean_session:
+            await until(lambda: counter("acked_unstored") == 1)
+            assert counter("redeliveries_requested") == 0
+        else:
+            await until(lambda: counter("redeliveries_requested") >= 1)
+            assert counter("acked_unstored") == 0
+        await db.write(lambda c: c.execute("PRAGMA max_page_count=1073741823").fetchone())
+        if clean_session:
+            await asyncio.sleep(1.0)
+            assert [e.value()["n"] for e in outbox.peek()] == [1]  # lost, and said so
+        else:
+            # before: PUBACKed although the outbox had refused it, i.e. lost
+            await until(lambda: len(outbox.peek()) == 2, timeout=15)
+            entries = outbox.peek()
+            assert [e.value()["n"] for e in entries] == [1, 2]
+            assert entries[1].dup
+    finally:
+        await engine.stop()
+        for c in [*conns.values(), pub]:
+            await c.close()
+        await db.close()
+
+
+@pytest.mark.asyncio
 async def test_qos1_relay_acks_upstream_only_once_the_far_side_has_it(
     broker: MosquittoBroker, tmp_path: Path
 ) -> None:
