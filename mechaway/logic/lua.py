@@ -330,8 +330,8 @@ local type, next, select, rawget, rawset, rawlen, rawequal =
 local tostring, tonumber, error, setmetatable, getmetatable, pairs, ipairs, assert =
       tostring, tonumber, error, setmetatable, getmetatable, pairs, ipairs, assert
 local raw_pcall, raw_xpcall, load, _VERSION = pcall, xpcall, load, _VERSION
-local sethook, setupvalue, getinfo, dgetmetatable =
-      debug.sethook, debug.setupvalue, debug.getinfo, debug.getmetatable
+local sethook, setupvalue, getinfo, dgetmetatable, getregistry =
+      debug.sethook, debug.setupvalue, debug.getinfo, debug.getmetatable, debug.getregistry
 local pack, unpack, concat = table.pack, table.unpack, table.concat
 local insert, remove, sort, move = table.insert, table.remove, table.sort, table.move
 local byte, sub, rep = string.byte, string.sub, string.rep
@@ -358,6 +358,23 @@ return function(script, chunkname, budget, every, clock, max_memory, max_depth,
                 max_tokens, chunk_size, STEPS_MAX)
   local chunk, cerr = load(script, "=" .. chunkname, "t", {})
   if not chunk then return false, cerr end
+
+  -- Every Python object in this runtime shares lupa's metatable: a message holding one
+  -- (a plugin's datetime, a function...) would let the script call it or str() it. Deny
+  -- it all but lupa's own __gc; the clock is called through the saved C function, and
+  -- lupa's overflow handler (which it calls through __call) stays callable.
+  local py_mt = dgetmetatable(clock)
+  local py_call, py_clock = py_mt.__call, clock
+  local overflow = getregistry().LUPA_NUMBER_OVERFLOW_CALLBACK_FUNCTION
+  clock = function() return py_call(py_clock) end
+  local function py_denied() error("Python objects are not accessible from the Lua sandbox", 2) end
+  py_mt.__index, py_mt.__newindex = py_denied, py_denied
+  py_mt.__call = function(o, ...)
+    if overflow ~= nil and rawequal(o, overflow) then return py_call(o, ...) end
+    py_denied()
+  end
+  py_mt.__tostring = function() return "python object" end
+  py_mt.__metatable = false
   local chunk_source = "=" .. chunkname
 
   ---------------------------------------------------------------- limits
@@ -428,6 +445,17 @@ return function(script, chunkname, budget, every, clock, max_memory, max_depth,
 
   local function check_time()
     if clock() > deadline then exceed("time") end
+  end
+
+  -- One C call that walks len bytes (upper, utf8.len, format...): 64 bytes an instruction,
+  -- like string.rep, and a look at the clock, so that a loop of such calls on a string of
+  -- megabytes cannot run a thousand of them (seconds) between two hooks.
+  local function charge_bytes(len)
+    if len > 65536 then
+      used = used + len / 64
+      if used >= budget then exceed("budget") end
+      check_time()
+    end
   end
 
   -- Once a limit is hit, nothing may swallow the error: re-raise after every catch.
@@ -551,6 +579,49 @@ return function(script, chunkname, budget, every, clock, max_memory, max_depth,
   ---------------------------------------------------------------- string
   local safe_string = copy(string_lib)
   safe_string.dump = nil
+
+  -- Linear C functions, charged by the bytes they walk (the locals carry the library
+  -- names: argument errors name the function they are raised in).
+  local upper, lower, reverse = string_lib.upper, string_lib.lower, string_lib.reverse
+  local format, spack, len, char = string_lib.format, string_lib.pack, utf8_lib.len, utf8_lib.char
+  function safe_string.upper(s)
+    if type(s) == "string" then charge_bytes(#s) end
+    return upper(s)
+  end
+  function safe_string.lower(s)
+    if type(s) == "string" then charge_bytes(#s) end
+    return lower(s)
+  end
+  function safe_string.reverse(s)
+    if type(s) == "string" then charge_bytes(#s) end
+    return reverse(s)
+  end
+  function safe_string.sub(...)
+    local r = sub(...)
+    charge_bytes(#r)
+    return r
+  end
+  function safe_string.format(...)
+    local r = format(...)
+    charge_bytes(#r)
+    return r
+  end
+  function safe_string.pack(...)
+    local pack = spack
+    local r = pack(...)
+    charge_bytes(#r)
+    return r
+  end
+  local safe_utf8 = copy(utf8_lib)
+  function safe_utf8.len(s, ...)
+    if type(s) == "string" then charge_bytes(#s) end
+    return len(s, ...)
+  end
+  function safe_utf8.char(...)
+    local r = char(...)
+    charge_bytes(#r)
+    return r
+  end
 
   function safe_string.rep(s, n, sep)
     local count = tonumber(n)
@@ -971,8 +1042,10 @@ return function(script, chunkname, budget, every, clock, max_memory, max_depth,
       local _, b = gsub(p, "%%[b0-9]", "")
       k = q + b
     end
-    crude[p] = k
-    ncache = ncache + 1
+    if #p <= 256 then  -- a long pattern cached would stay pinned between calls
+      crude[p] = k
+      ncache = ncache + 1
+    end
     return k
   end
 
@@ -1076,7 +1149,7 @@ return function(script, chunkname, budget, every, clock, max_memory, max_depth,
     local pr = precise[p]
     if pr == nil then
       pr = precise_exp(p)
-      precise[p] = pr
+      if #p <= 256 then precise[p] = pr end
     end
     if not pr then return huge end
     return base ^ (pr[1] + u) * 2 ^ pr[2] * m
@@ -1172,7 +1245,7 @@ return function(script, chunkname, budget, every, clock, max_memory, max_depth,
 
   ---------------------------------------------------------------- environment
   local base = {
-    math = copy(math_lib), string = safe_string, table = safe_table, utf8 = copy(utf8_lib),
+    math = copy(math_lib), string = safe_string, table = safe_table, utf8 = safe_utf8,
     coroutine = {
       create = s_create, resume = s_resume, yield = coroutine_lib.yield,
       status = coroutine_lib.status, wrap = s_wrap, isyieldable = coroutine_lib.isyieldable,
@@ -1190,16 +1263,23 @@ return function(script, chunkname, budget, every, clock, max_memory, max_depth,
   ---------------------------------------------------------------- results
   local state = {}
   local out, n = {}, 0
+  -- Bytes of string in the result. One Lua string referenced a thousand times becomes a
+  -- thousand Python strings: without this a 2 MB string in a 4096-leaf tree is 8 GB.
+  local bytes = 0
+  local TOO_BIG = "value holds more than " .. max_memory .. " bytes of strings"
 
   local function enc(v, depth)
     local tv = type(v)
     if tv ~= "table" then
-      if tv == "string" or tv == "number" or tv == "boolean" then
-        n = n + 1
-        out[n] = v
-        return
+      if tv == "string" then
+        bytes = bytes + #v
+        if bytes > max_memory then error(TOO_BIG, 0) end
+      elseif tv ~= "number" and tv ~= "boolean" then
+        error("cannot convert a " .. tv .. " value", 0)
       end
-      error("cannot convert a " .. tv .. " value", 0)
+      n = n + 1
+      out[n] = v
+      return
     end
     if depth > max_depth then
       error("tables nested more than " .. max_depth .. " deep (a cycle?)", 0)
@@ -1217,7 +1297,12 @@ return function(script, chunkname, budget, every, clock, max_memory, max_depth,
         for i = 1, len do
           local x = rawget(v, i)
           local tx = type(x)
-          if tx == "string" or tx == "number" or tx == "boolean" then
+          if tx == "string" then
+            bytes = bytes + #x
+            if bytes > max_memory then error(TOO_BIG, 0) end
+            n = n + 1
+            out[n] = x
+          elseif tx == "number" or tx == "boolean" then
             n = n + 1
             out[n] = x
           elseif x == nil then
@@ -1243,6 +1328,8 @@ return function(script, chunkname, budget, every, clock, max_memory, max_depth,
         error("cannot convert a table key of type " .. tk, 0)
       end
       local tx = type(x)
+      bytes = bytes + #k + (tx == "string" and #x or 0)
+      if bytes > max_memory then error(TOO_BIG, 0) end
       if tx == "string" or tx == "number" or tx == "boolean" then
         out[n + 1], out[n + 2] = k, x
         n = n + 2
@@ -1279,6 +1366,7 @@ return function(script, chunkname, budget, every, clock, max_memory, max_depth,
         end
         n = n + 1
         out[n] = port
+        bytes = bytes + #port
         enc(msg, 1)
       end
       n = n + 1
@@ -1290,7 +1378,12 @@ return function(script, chunkname, budget, every, clock, max_memory, max_depth,
       n = 0
       for k, x in next, r do
         local tx = type(x)
-        if tx ~= "string" and tx ~= "number" and tx ~= "boolean" then n = -1; break end
+        if tx == "string" then
+          bytes = bytes + #x
+        elseif tx ~= "number" and tx ~= "boolean" then
+          n = -1
+          break
+        end
         local tk = type(k)
         if tk == "number" then
           k = tostring(k)
@@ -1300,13 +1393,13 @@ return function(script, chunkname, budget, every, clock, max_memory, max_depth,
         out[n + 1], out[n + 2] = k, x
         n = n + 2
       end
-      if n > 0 then
+      if n > 0 and bytes <= max_memory then
         n = n + 1
         out[n] = 5
         return
       end
     end
-    n = 0
+    n, bytes = 0, 0
     enc(r, 1)
     n = n + 1
     out[n] = 1
@@ -1322,21 +1415,38 @@ return function(script, chunkname, budget, every, clock, max_memory, max_depth,
     encode_result(r)
   end
 
+  -- An error message is cut (on a UTF-8 boundary) to this many bytes.
+  local MAX_ERROR = 2000
+
   local function finish(ok, err)
     if spent then return spent, spent_line, 4 end
     if ok then
-      if n <= chunk_size then return unpack(out, 1, n) end
+      if n <= chunk_size then
+        if bytes < 65536 then return unpack(out, 1, n) end
+        -- Let go of big strings now, or they stay pinned (and counted against the cap)
+        -- until a later result happens to overwrite them.
+        local o = out
+        out = {}
+        return unpack(o, 1, n)
+      end
       return n, -1
     end
     if err == NOMEM then return "memory", nil, 4 end
     local te = type(err)
-    if te == "string" then return err, 3 end
+    if te == "string" then
+      if #err > MAX_ERROR then
+        local cut = MAX_ERROR
+        while cut > 1 and (byte(err, cut + 1) or 0) & 0xC0 == 0x80 do cut = cut - 1 end
+        err = sub(err, 1, cut) .. "..."
+      end
+      return err, 3
+    end
     if te == "number" then return tostring(err), 3 end
     return "error object is a " .. te .. " value", 3
   end
 
   function run(m, dl)
-    used, deadline, spent, spent_line = 0, dl, false, nil
+    used, deadline, spent, spent_line, bytes = 0, dl, false, nil, 0
     if n > chunk_size then out = {} end
     sethook(hook, "", every)
     local ok, err = raw_xpcall(body, fix_pos, m)
@@ -1346,11 +1456,14 @@ return function(script, chunkname, budget, every, clock, max_memory, max_depth,
   end
 
   local function fetch(i, j)
-    return unpack(out, i, j)
+    if j < n then return unpack(out, i, j) end
+    local o = out  -- the last piece: nothing of the result stays pinned
+    out = {}
+    return unpack(o, i, j)
   end
 
   local function get_state()
-    spent = false
+    spent, bytes = false, 0
     if n > chunk_size then out = {} end
     n = 0
     local ok, err = raw_pcall(enc, state, 1)

@@ -31,19 +31,16 @@ class FunLogicParams(NodeParams):
     engine: Literal["lua", "mlua"] = "lua"
     #: extra output ports the script may return pairs for (``out`` always exists)
     ports: list[str] = msgspec.field(default_factory=list)
-    instruction_budget: int = 1_000_000
-    wall_time_ms: float = 100.0
-    max_memory_kb: int = 8 * 1024
+    #: the call runs on the event loop: the top bounds keep one runaway script from
+    #: stalling every flow for more than about a second
+    instruction_budget: Annotated[int, msgspec.Meta(ge=1000, le=1_000_000_000)] = 1_000_000
+    wall_time_ms: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 100.0
+    max_memory_kb: Annotated[int, msgspec.Meta(ge=256, le=256 * 1024)] = 8 * 1024
     #: keep the ``state`` table across restarts and redeploys (node context)
     persist: bool = False
 
     def __post_init__(self) -> None:
         _check_ports(self.ports)
-        if self.instruction_budget < 1000 or self.wall_time_ms <= 0 or self.max_memory_kb < 256:
-            raise ValueError(
-                "limits too small: instruction_budget >= 1000, wall_time_ms > 0, "
-                "max_memory_kb >= 256"
-            )
 
 
 @register_node("FunLogicNode")

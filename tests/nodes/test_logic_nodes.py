@@ -76,6 +76,26 @@ def test_lua_syntax_error_is_a_deploy_time_error_with_the_line() -> None:
 
 
 @pytest.mark.parametrize(
+    ("params", "where", "kind"),
+    [
+        ({"wall_time_ms": 600_000}, "wall_time_ms", "float"),  # ten minutes on the loop
+        ({"wall_time_ms": 0}, "wall_time_ms", "float"),
+        ({"instruction_budget": 10**13}, "instruction_budget", "int"),
+        ({"instruction_budget": 10}, "instruction_budget", "int"),
+        ({"max_memory_kb": 2**30}, "max_memory_kb", "int"),
+        ({"max_memory_kb": 1}, "max_memory_kb", "int"),
+    ],
+)
+def test_lua_limits_are_bounded_at_validation(
+    params: dict[str, Any], where: str, kind: str
+) -> None:
+    node = {"type": "FunLogicNode", "params": {"script": "return msg", **params}}
+    needle = rf"nodes\[1\] \(logic\)\.params\.{where}: expected `{kind}` [<>]=?"
+    with pytest.raises(FlowError, match=needle):
+        validate(logic_flow("l", node))
+
+
+@pytest.mark.parametrize(
     ("params", "where"),
     [
         ({"fuel": 10**15}, "fuel"),  # a runaway call would hold the event loop for minutes
