@@ -21,7 +21,7 @@ from mechaway.logic.lua import LuaSandbox
 
 CHILD = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, sys
     from mechaway.errors import LimitExceeded, SandboxError
     from mechaway.logic.lua import LuaSandbox
 
@@ -40,7 +40,11 @@ CHILD = textwrap.dedent(
     except SandboxError as err:
         out["error"] = str(err)
     out["next"] = sandbox.call({"payload": {"x": 41}})
-    out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    # VmHWM, this process's own peak: ru_maxrss also counts the forking parent's RSS
+    # (a pytest process grown by a whole suite), which would hide or fake a blow-up
+    with open("/proc/self/status") as status:
+        hwm = next(line for line in status if line.startswith("VmHWM:"))
+    out["rss_mb"] = int(hwm.split()[1]) // 1024
     print(json.dumps(out))
     """
 )
