@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import re
 import sys
 import time
 import urllib.error
@@ -80,18 +79,16 @@ class Api:
             raise CliError(f"{self.url} is not a mechaway daemon (its answer is not JSON)") from err
 
 
-#: what a bearer token may contain (it travels in an HTTP header)
-_TOKEN_RE = re.compile(r"[\x21-\x7e]+")
-
-
 def _quote(flow_id: str) -> str:
     """A flow id as one URL path segment (``a b``, ``a/b``: the daemon answers 404)."""
     return urllib.parse.quote(flow_id, safe="")
 
 
 def _api(args: argparse.Namespace) -> Api:
+    from mechaway.settings import TOKEN_RE
+
     url, token = args.url, args.token
-    if token and not _TOKEN_RE.fullmatch(token):
+    if token and not TOKEN_RE.fullmatch(token):
         raise CliError("--token: must be printable ASCII without blanks")
     if url is None or token is None:
         settings = _settings(args)

@@ -111,7 +111,7 @@ _HOST_RE = re.compile(r"[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?")
 #: a device id goes into MQTT topics and client ids: no wildcards, separators or blanks
 _DEVICE_ID_RE = re.compile(r"[^/+#\s\x00-\x1f\x7f]{1,253}")
 #: a bearer token travels in an HTTP header: printable ASCII, no blanks
-_TOKEN_RE = re.compile(r"[\x21-\x7e]+")
+TOKEN_RE = re.compile(r"[\x21-\x7e]+")
 
 
 def parse_listen(listen: str, where: str = "api.listen") -> tuple[str, int]:
@@ -278,7 +278,7 @@ def _check(settings: Settings, places: _Places) -> None:
         if value is not None and "\0" in value:
             raise places.error(dotted, "a path cannot contain a NUL character")
     token = settings.api.token
-    if token is not None and not _TOKEN_RE.fullmatch(token):
+    if token is not None and not TOKEN_RE.fullmatch(token):
         raise places.error(
             "api.token", "must be printable ASCII without blanks (it travels in an HTTP header)"
         )
