@@ -1,4 +1,14 @@
-"""InjectNode: messages on an interval, a cron-like schedule, or once at start."""
+"""InjectNode: messages on an interval, a cron-like schedule, or once at start.
+
+An interval counts elapsed time (``time.monotonic()``): a step of the wall clock neither
+stalls it nor fires a burst. A cron schedule follows the wall clock, across steps too
+(``CronPlan``): the task looks at the clock at least every ``CRON_POLL_S``; a slot the
+clock stepped over fires once if it is at most ``CRON_GRACE_S`` late (cronie's rule for
+forward steps under 3 hours), else it is skipped, and the next slot is planned from the
+new time (never a burst of the missed ones). After a backward step of at most
+``CRON_GRACE_S`` the planned slot is kept (a slot that already fired does not fire
+again); after a larger one the next slot is planned from the new time.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +19,42 @@ from typing import Any, ClassVar
 from mechaway.nodes.base import NodeParams, SourceNode, now
 from mechaway.nodes.registry import register_node
 from mechaway.tasks import OwnedTask
+
+#: a cron slot late by at most this much (the clock stepped over it) still fires, once
+CRON_GRACE_S = 3 * 3600.0
+#: a cron inject looks at the wall clock at least this often while it waits
+CRON_POLL_S = 60.0
+
+
+class CronPlan:
+    """When a cron schedule fires, by the wall clock, across steps of that clock."""
+
+    def __init__(self, expr: str, now: float) -> None:
+        self.expr = expr
+        #: the wall-clock time of the next slot
+        self.target = self._after(now)
+        self._seen = now
+        #: slots skipped because the clock stepped far past them
+        self.skipped = 0
+
+    def _after(self, t: float) -> float:
+        from croniter import croniter
+
+        return float(croniter(self.expr, t).get_next(float))
+
+    def poll(self, now: float) -> float | None:
+        """``None``: fire now (the slot after it is planned); else seconds to wait."""
+        back = self._seen - now
+        self._seen = now
+        if now >= self.target:
+            late = now - self.target
+            self.target = self._after(now)
+            if late <= CRON_GRACE_S:
+                return None
+            self.skipped += 1
+        elif back > CRON_GRACE_S:
+            self.target = self._after(now)  # the clock went far back: plan from it
+        return min(self.target - now, CRON_POLL_S)
 
 
 class InjectParams(NodeParams):
@@ -60,6 +106,7 @@ class InjectNode(SourceNode):
         super().__init__(node_id, params, ctx)
         self._task = OwnedTask(f"mechaway.inject[{ctx.flow_id}.{node_id}]")
         self.sent = 0
+        self.cron_plan: CronPlan | None = None
 
     async def start(self) -> None:
         self._task.start(self._run)
@@ -96,12 +143,12 @@ class InjectNode(SourceNode):
                 if not await self._fire():
                     return
         elif p.cron is not None:
-            from croniter import croniter
-
-            it = croniter(p.cron, time.time())
+            self.cron_plan = plan = CronPlan(p.cron, time.time())
             while True:
-                await asyncio.sleep(max(0.0, it.get_next(float) - time.time()))
-                if not await self._fire():
+                wait = plan.poll(time.time())
+                if wait is not None:
+                    await asyncio.sleep(wait)
+                elif not await self._fire():
                     return
 
     def status(self) -> dict[str, Any] | None:

@@ -10,6 +10,23 @@ append op that crossed it (deleting at most a few thousand of its oldest samples
 series never stays over its bound at a commit boundary, even under a flood); age limits
 and the total bound are enforced by ``maintain`` in ops of ``batch`` rows each.
 
+Age retention and clock steps: a Pi has no real-time clock, so samples stamped before
+NTP set the clock carry 1970 (or the last time fake-hwclock saved) plus the uptime. Age
+retention never deletes a sample on the strength of a timestamp the store cannot trust:
+
+- a ``ts`` before ``PLAUSIBLE_EPOCH`` was written by a clock that was never set: it says
+  nothing about the sample's age;
+- a sample appended in this run before the wall clock stepped *forward* (a step seen by
+  ``maintain``: the wall clock moved against the monotonic clock) was stamped in the old
+  clock's frame, so its ``ts`` understates its age;
+
+such a sample expires by age only once it is known old by insertion order: it was in the
+table ``max_age`` seconds ago on the monotonic clock (the store keeps a few id marks per
+run). Samples of earlier runs stamped before ``PLAUSIBLE_EPOCH`` are left to the size
+bounds. Any other sample expires by ``ts`` (a backfill with old device timestamps is
+expired at once, as before). A backward step only makes samples look younger: they are
+kept longer, within the size bounds.
+
 Sizes are *accounted* bytes: ``ROW_COST`` per sample (row, index entry, page slack) plus
 the length of its JSON data. The file itself is larger by SQLite's own overhead.
 """
@@ -17,7 +34,9 @@ the length of its JSON data. The file itself is larger by SQLite's own overhead.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
+import logging
 import math
 import sqlite3
 import time
@@ -26,6 +45,7 @@ from typing import Any, Literal
 
 import orjson
 
+from mechaway.errors import StoreError
 from mechaway.store.batching import Coalescer, attach, attached
 from mechaway.store.db import Database, register_migration
 from mechaway.store.encode import UnstorableValue, place, show, timestamp, to_json
@@ -52,6 +72,17 @@ register_migration(
     CREATE INDEX samples_by_time ON samples(series_id, ts);
     """,
 )
+
+log = logging.getLogger("mechaway.store.series")
+
+#: 2025-01-01 UTC: a wall clock (or a ``ts``) before this was never set (systemd uses its
+#: build date, or the mtime of /var/lib/systemd/timesync/clock, the same way)
+PLAUSIBLE_EPOCH = 1_735_689_600.0
+#: a move of the wall clock against the monotonic one larger than this (between two
+#: ``maintain`` calls) is a step: NTP slews smaller offsets, it steps larger ones
+CLOCK_STEP_S = 1.0
+#: how often ``maintain`` records an insertion mark (monotonic time, highest sample id)
+MARK_EVERY_S = 60.0
 
 #: accounted bytes of one sample beyond its JSON data
 ROW_COST = 40
@@ -104,8 +135,11 @@ class SeriesStore:
         max_total_bytes: int | None = 256 * 1024 * 1024,
         batch: int = 2000,
         age_check_interval: float = 30.0,
+        plausible_after: float = PLAUSIBLE_EPOCH,
     ) -> None:
         self.db = db
+        #: a ``ts`` before this is not trusted for age retention (see the module doc)
+        self.plausible_after = plausible_after
         #: age retention runs at most this often (it is a scan per series, size is not)
         self.age_check_interval = age_check_interval
         self._age_checked = 0.0
@@ -116,6 +150,22 @@ class SeriesStore:
         self._co: Coalescer[_Sample, None] = Coalescer(db, self._append_op, durable=False)
         self.appended = 0
         self.trimmed = 0
+        self.clock_steps = 0
+        # wall minus monotonic at the last look: a jump in it is a step of the wall clock
+        self._offset = time.time() - time.monotonic()
+        try:
+            self._start_id = self._max_id()  # samples of earlier runs: ids up to this
+        except StoreError:
+            self._start_id = 0
+        #: samples appended before the last forward step of this run: ids up to this
+        self._step_id = 0
+        # insertion marks: every sample with id <= _mark_id[i] was in the table by the
+        # monotonic time _mark_t[i]
+        self._mark_t = [time.monotonic()]
+        self._mark_id = [self._start_id]
+
+    def _max_id(self) -> int:
+        return int(self.db.read("SELECT coalesce(max(id), 0) FROM samples")[0][0])
 
     @classmethod
     def of(cls, db: Database) -> SeriesStore:
@@ -273,15 +323,22 @@ class SeriesStore:
     async def maintain(self) -> None:
         """Age and size retention, ``batch`` samples per op (other writes interleave)."""
         now = time.time()
-        check_age = time.monotonic() - self._age_checked >= self.age_check_interval
+        mono = time.monotonic()
+        self._watch_clock(now, mono)
+        check_age = mono - self._age_checked >= self.age_check_interval
         if check_age:
-            self._age_checked = time.monotonic()
+            self._age_checked = mono
+        longest = 0.0
         for sid, max_age, max_bytes, rows, nbytes in self.db.read(
             "SELECT id, max_age_s, max_bytes, rows, bytes FROM series"
         ):
             age = max_age if max_age is not None else self.default_max_age_s
+            if age is not None:
+                longest = max(longest, age)
             if check_age and age is not None:
-                expire = functools.partial(self._expire, sid=sid, cutoff=now - age)
+                expire = functools.partial(
+                    self._expire, sid=sid, cutoff=now - age, known_old=self._known_old(mono - age)
+                )
                 while await self.db.write(expire):
                     pass
             cap = max_bytes if max_bytes is not None else self.default_max_bytes
@@ -293,13 +350,50 @@ class SeriesStore:
         if self.max_total_bytes is not None:
             while await self.db.write(lambda c: self._trim_total(c, self.batch)) >= self.batch:
                 pass
+        if check_age:
+            # marks older than the longest age are no longer looked up (keep the newest)
+            drop = bisect.bisect_right(self._mark_t, mono - longest) - 1
+            if drop > 0:
+                del self._mark_t[:drop], self._mark_id[:drop]
 
-    def _expire(self, conn: sqlite3.Connection, *, sid: int, cutoff: float) -> bool:
-        """Delete up to ``batch`` samples older than ``cutoff``; True if there may be more."""
+    def _watch_clock(self, now: float, mono: float) -> None:
+        """Notice a step of the wall clock; record an insertion mark now and then."""
+        offset = now - mono
+        step, self._offset = offset - self._offset, offset
+        if abs(step) > CLOCK_STEP_S:
+            self.clock_steps += 1
+            log.warning("the wall clock stepped by %+.1f s (series age retention adjusts)", step)
+        if step > CLOCK_STEP_S:
+            # everything appended so far (committed or queued) was stamped in the old frame
+            self._step_id = self._max_id() + self.pending
+        if mono - self._mark_t[-1] >= MARK_EVERY_S:
+            self._mark_t.append(mono)
+            self._mark_id.append(self._max_id())
+
+    def _known_old(self, t: float) -> int:
+        """The highest sample id known to have been in the table at monotonic time ``t``."""
+        i = bisect.bisect_right(self._mark_t, t) - 1
+        return self._mark_id[i] if i >= 0 else 0
+
+    def _expire(
+        self, conn: sqlite3.Connection, *, sid: int, cutoff: float, known_old: int = 0
+    ) -> bool:
+        """Delete up to ``batch`` samples older than ``cutoff`` whose age is trusted (the
+        module doc: a plausible ``ts`` not stamped before a forward step of this run, or
+        an id up to ``known_old``); True if there may be more."""
         got = conn.execute(
-            "DELETE FROM samples WHERE id IN (SELECT id FROM samples WHERE series_id = ? "
-            "AND ts < ? ORDER BY ts LIMIT ?) RETURNING length(data)",
-            (sid, cutoff, self.batch),
+            "DELETE FROM samples WHERE id IN (SELECT id FROM samples WHERE series_id = :sid "
+            "AND ts < :cutoff AND (id <= :old OR (ts >= :floor AND (id <= :start OR id > :step)))"
+            " ORDER BY ts LIMIT :n) RETURNING length(data)",
+            {
+                "sid": sid,
+                "cutoff": cutoff,
+                "old": known_old,
+                "floor": self.plausible_after,
+                "start": self._start_id,
+                "step": self._step_id,
+                "n": self.batch,
+            },
         ).fetchall()
         if got:
             conn.execute(
@@ -381,7 +475,7 @@ class SeriesStore:
             if agg is None:
                 rows = conn.execute(
                     "SELECT ts, value, data FROM samples WHERE series_id = ? AND ts >= ? "
-                    "AND ts <= ? ORDER BY ts LIMIT ?",
+                    "AND ts <= ? ORDER BY ts, id LIMIT ?",
                     (sid, lo, hi, limit + 1),
                 ).fetchall()
                 pts = [[r[0], r[1] if r[2] is None else orjson.loads(r[2])] for r in rows]
@@ -407,4 +501,9 @@ class SeriesStore:
         return pts[:limit], len(pts) > limit
 
     def status(self) -> dict[str, Any]:
-        return {"appended": self.appended, "pending": self.pending, "trimmed": self.trimmed}
+        return {
+            "appended": self.appended,
+            "pending": self.pending,
+            "trimmed": self.trimmed,
+            "clock_steps": self.clock_steps,
+        }
