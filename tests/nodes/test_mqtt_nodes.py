@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import time
@@ -20,6 +21,8 @@ from mechaway.drivers.mqtt import Incoming, MqttConnection, MqttSettings
 from mechaway.flow.validate import validate
 from mechaway.nodes.context import Services
 from mechaway.runtime.engine import Engine
+from mechaway.store.db import Database
+from mechaway.store.outbox import Outbox
 from mechaway.testing.broker import MosquittoBroker
 from mechaway.testing.daemon import DaemonProc
 from mechaway.testing.nodes import COLLECTED
@@ -306,21 +309,16 @@ def test_wrong_password_is_a_clear_status_and_the_daemon_keeps_running(tmp_path:
     assert os.path.exists(tmp_path / "data" / "mechaway.db")
 
 
-@pytest.mark.asyncio
-async def test_qos1_puback_waits_for_the_outbox_commit(
-    broker: MosquittoBroker, tmp_path: Path
-) -> None:
-    """A QoS 1 message whose outbox commit had not happened when the connection died is
-    redelivered by the broker (no PUBACK yet) and stored again, flagged as a duplicate."""
-    import threading
-
-    from mechaway.store.db import Database
-    from mechaway.store.outbox import Outbox
-
+@contextlib.asynccontextmanager
+async def upstream_rig(
+    broker: MosquittoBroker, tmp_path: Path, topic: str, **conn: Any
+) -> AsyncIterator[tuple[Engine, Database, Outbox, MqttConnection, dict[str, MqttConnection]]]:
+    """A flow ``MQTTIn (topic, QoS 1) -> UpstreamNode`` on its own store, deployed, with a
+    publisher: (engine, db, outbox, publisher, the flow's connections by name)."""
     db = Database(tmp_path / "m.db")
     db.open()
     conns: dict[str, MqttConnection] = {}
-    settings = fast(broker, birth=False, clean_session=False, client_id="dut-persist")
+    settings = fast(broker, birth=False, **conn)
 
     async def get(name: str) -> MqttConnection:
         if name not in conns:
@@ -333,7 +331,7 @@ async def test_qos1_puback_waits_for_the_outbox_commit(
     doc = {
         "id": "up",
         "nodes": [
-            {"id": "in", "type": "MQTTInNode", "params": {"topic": "up/in", "qos": 1}},
+            {"id": "in", "type": "MQTTInNode", "params": {"topic": topic, "qos": 1}},
             {"id": "hub", "type": "UpstreamNode"},
         ],
         "edges": [{"from": "in", "to": "hub"}],
@@ -344,7 +342,25 @@ async def test_qos1_puback_waits_for_the_outbox_commit(
         await engine.deploy(validate(doc))
         await pub.wait_connected(5)
         await asyncio.sleep(0.3)
-        outbox = Outbox.of(db)
+        yield engine, db, Outbox.of(db), pub, conns
+    finally:
+        await engine.stop()
+        for c in [*conns.values(), pub]:
+            await c.close()
+        await db.close()
+
+
+@pytest.mark.asyncio
+async def test_qos1_puback_waits_for_the_outbox_commit(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """A QoS 1 message whose outbox commit had not happened when the connection died is
+    redelivered by the broker (no PUBACK yet) and stored again, flagged as a duplicate."""
+    import threading
+
+    async with upstream_rig(
+        broker, tmp_path, "up/in", clean_session=False, client_id="dut-persist"
+    ) as (engine, db, outbox, pub, conns):
         pub.publish("up/in", b'{"n": 1}', qos=1)
         await until(lambda: len(outbox.peek()) == 1)
 
@@ -362,11 +378,6 @@ async def test_qos1_puback_waits_for_the_outbox_commit(
         assert [e.dup for e in entries] == [False, False, True]
         await asyncio.sleep(0.3)
         assert len(outbox.peek()) == 3  # n=1 was PUBACKed after its commit: never redelivered
-    finally:
-        await engine.stop()
-        for c in [*conns.values(), pub]:
-            await c.close()
-        await db.close()
 
 
 #: QoS 1 in on the default connection, QoS 1 out on the ``far`` one
@@ -392,37 +403,9 @@ async def test_a_message_the_full_disk_refused_is_redelivered_not_acked(
     """Disk full: the outbox refuses the message. With a persistent session it is not
     PUBACKed (the session ends, the broker delivers it again, it is stored once there is
     room); a clean session cannot be redelivered: acknowledged, counted and said."""
-    from mechaway.store.db import Database
-    from mechaway.store.outbox import Outbox
-
-    db = Database(tmp_path / "m.db")
-    db.open()
-    conns: dict[str, MqttConnection] = {}
-    settings = fast(broker, birth=False, clean_session=clean_session, client_id="dut-full")
-
-    async def get(name: str) -> MqttConnection:
-        if name not in conns:
-            conns[name] = MqttConnection(name, settings, device_id="dut")
-            await conns[name].start()
-            await conns[name].wait_connected(5)
-        return conns[name]
-
-    engine = Engine(Services(store=db, data_dir=tmp_path, connections={"mqtt": get}))
-    doc = {
-        "id": "up",
-        "nodes": [
-            {"id": "in", "type": "MQTTInNode", "params": {"topic": "full/in", "qos": 1}},
-            {"id": "hub", "type": "UpstreamNode"},
-        ],
-        "edges": [{"from": "in", "to": "hub"}],
-    }
-    pub = MqttConnection("pub", fast(broker, birth=False), device_id="pub")
-    await pub.start()
-    try:
-        await engine.deploy(validate(doc))
-        await pub.wait_connected(5)
-        await asyncio.sleep(0.3)
-        outbox = Outbox.of(db)
+    async with upstream_rig(
+        broker, tmp_path, "full/in", clean_session=clean_session, client_id="dut-full"
+    ) as (_, db, outbox, pub, conns):
         pub.publish("full/in", b'{"n": 1}', qos=1)
         await until(lambda: len(outbox.peek()) == 1)
         pages = db.read("PRAGMA page_count")[0][0]
@@ -449,11 +432,6 @@ async def test_a_message_the_full_disk_refused_is_redelivered_not_acked(
             entries = outbox.peek()
             assert [e.value()["n"] for e in entries] == [1, 2]
             assert entries[1].dup
-    finally:
-        await engine.stop()
-        for c in [*conns.values(), pub]:
-            await c.close()
-        await db.close()
 
 
 @pytest.mark.asyncio
