@@ -212,6 +212,9 @@ class SinkRunner:
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
+        # the writer may have died with the queue full: a ``block`` source still waiting
+        # for room (a kept source awaiting the old plan's room) must not wait forever
+        self.room.set()
         left = len(self.queue) + (self.writing is not None)
         if left:
             self.stats.dropped += left
@@ -317,6 +320,8 @@ class Engine:
         self.flows: dict[str, RunningFlow] = {}
         self.stop_timeout = stop_timeout
         self._locks: dict[str, asyncio.Lock] = {}
+        #: set by ``stop``: a deploy that gets its flow's lock afterwards is refused
+        self._closing = False
         #: called with (flow_id, node_id, node) after a node is created, before start
         self.on_node_created: Callable[[str, str, Node], None] | None = None
         #: called with (flow_id, node_id, node) before a node is stopped for good
@@ -329,6 +334,8 @@ class Engine:
         """Validate-diff-start-swap-stop. On failure the running revision stays untouched."""
         fid = valid.doc.id
         async with self._lock(fid):
+            if self._closing:
+                raise FlowError([Issue("id", f"flow {fid!r} not deployed: the engine is stopping")])
             return await self._deploy(valid, rev)
 
     async def _deploy(self, valid: ValidFlow, rev: int) -> FlowDiff:
@@ -387,19 +394,22 @@ class Engine:
                     current = nid
                     await fresh.start()
                     started.append(fresh)
-        except Exception as exc:
-            if old is not None:
-                old.bind()
-            for node in reversed(started):
-                await self._stop_node(fid, node, retire=False)
-            for nid, runner in rf.sinks.items():
-                if nid in new_nodes:
-                    await runner.drain(0)
+        except BaseException as exc:
+            # a failed start, or the deploy cancelled (shutdown): the old revision runs on
+            await self._roll_back(old, rf, new_nodes, started)
+            if not isinstance(exc, Exception):
+                raise
             raise FlowError([Issue(f"nodes ({current})", f"failed to start: {exc}")]) from exc
         self.flows[fid] = rf
         if old is not None:
             gone = [nid for nid in old.order() if nid not in d.kept]
-            await self._stop_nodes(old, gone)
+            # the swap is done: the retired nodes stop even if this deploy is cancelled now
+            stopping = asyncio.ensure_future(self._stop_nodes(old, gone))
+            try:
+                await asyncio.shield(stopping)
+            except asyncio.CancelledError:
+                await stopping
+                raise
         log.debug(
             "flow %s swapped (+%d ~%d -%d =%d)",
             fid,
@@ -409,6 +419,27 @@ class Engine:
             len(d.kept),
         )
         return d
+
+    async def _roll_back(
+        self,
+        old: RunningFlow | None,
+        rf: RunningFlow,
+        new_nodes: dict[str, Node],
+        started: list[Node],
+    ) -> None:
+        """Undo a deploy that did not complete: the old plan back, the new nodes stopped
+        (sources first; a new sink writes what the kept nodes sent it, then stops)."""
+        if old is not None:
+            old.bind()
+        started_ids = {id(n) for n in started}
+        for nid in rf.order():
+            node = new_nodes.get(nid)
+            if node is None:
+                continue
+            if nid in rf.sinks:
+                await rf.sinks[nid].drain(self.stop_timeout)
+            if id(node) in started_ids:
+                await self._stop_node(rf.doc_id, node, retire=False)
 
     async def _stop_node(self, fid: str, node: Node, *, retire: bool = True) -> None:
         if retire and self.on_node_retired is not None:
@@ -443,9 +474,12 @@ class Engine:
         return True
 
     async def stop(self) -> None:
-        """Stop every flow (sources first within each), draining sinks."""
-        for fid in list(self.flows):
-            await self.remove(fid)
+        """Stop every flow (sources first within each), draining sinks. Deploys in flight
+        finish first (then stop); deploys that come later are refused."""
+        self._closing = True
+        while self.flows or any(lock.locked() for lock in self._locks.values()):
+            for fid in [*self.flows, *(f for f, lk in self._locks.items() if lk.locked())]:
+                await self.remove(fid)
 
     def inject(self, flow_id: str, node_id: str, msg: Message) -> None:
         """Feed a message into a node as if an upstream node sent it (tests, webhooks)."""

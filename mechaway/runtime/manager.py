@@ -66,10 +66,26 @@ class FlowManager:
         async with self._lock:
             before = self.engine.flows.get(fid)
             previous = (before.valid, before.rev) if before is not None else None
-            d = await self.engine.deploy(valid)
+            cancelled = False
             try:
-                rev, new = await self.store.save(valid.doc.to_builtins(), source)
-            except Exception:
+                d = await self.engine.deploy(valid)
+            except asyncio.CancelledError:
+                now = self.engine.flows.get(fid)
+                if now is None or now.valid is not valid:
+                    raise  # rolled back by the engine: nothing runs that is not recorded
+                cancelled = True  # cancelled after the swap (retired nodes stopping)
+            # the revision runs now: a cancellation (shutdown) while it is being recorded
+            # waits for the outcome, so the engine and the store never disagree
+            saving = asyncio.ensure_future(self.store.save(valid.doc.to_builtins(), source))
+            try:
+                try:
+                    rev, new = await asyncio.shield(saving)
+                except asyncio.CancelledError:
+                    if saving.cancelled():
+                        raise
+                    cancelled = True
+                    rev, new = await saving
+            except BaseException:
                 # not recorded = not deployed: put back what ran (or nothing) and report
                 log.error("flow %s: recording the revision failed; the previous one runs", fid)
                 if previous is not None:
@@ -80,6 +96,8 @@ class FlowManager:
             rf = self.engine.flows.get(fid)
             if rf is not None:
                 rf.rev = rev
+            if cancelled:
+                raise asyncio.CancelledError
         log.info(
             "flow %s: rev %d from %s%s", valid.doc.id, rev, source, f" ({origin})" if origin else ""
         )
