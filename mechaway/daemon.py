@@ -89,6 +89,29 @@ def sd_notify(state: str) -> None:
         s.sendall(state.encode())
 
 
+def problems(
+    store: Mapping[str, Any],
+    connections: Mapping[str, Mapping[str, Any]],
+    file_errors: Mapping[str, str],
+) -> list[str]:
+    """What an operator should look at now, one line each (empty: all is well): the
+    details stay in their sections of the status."""
+    found = []
+    if store.get("trouble"):
+        since = store.get("trouble_since")
+        when = ""
+        if since:
+            when = f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}"
+        found.append(f"store: {store['trouble']}{when}: writes are refused")
+    for name, conn in connections.items():
+        if conn.get("state") != "connected":
+            why = conn.get("last_error")
+            found.append(f"{name}: {conn.get('state')}" + (f" ({why})" if why else ""))
+    if file_errors:
+        found.append(f"flow files: {len(file_errors)} rejected (see flow_file_errors)")
+    return found
+
+
 def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:
     """Seconds between ``WATCHDOG=1`` pings when systemd asks for them (``WatchdogSec=``
     sets ``WATCHDOG_USEC``): half the timeout, as sd_watchdog_enabled(3) advises."""
@@ -198,17 +221,21 @@ class Daemon:
 
     # -- status -----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
+        file_errors = self.watcher.errors() if self.watcher else {}
+        connections = {
+            f"{kind}.{name}": drv.status() for (kind, name), drv in self._drivers.items()
+        }
+        store = self.db.stats()
         return {
             "device": self.settings.device.id,
             "version": __version__,
             "uptime_s": round(time.monotonic() - self._started, 3),
+            "problems": problems(store, connections, file_errors),
             "flows": self.engine.status(),
-            "flow_file_errors": self.watcher.errors() if self.watcher else {},
-            "connections": {
-                f"{kind}.{name}": drv.status() for (kind, name), drv in self._drivers.items()
-            },
+            "flow_file_errors": file_errors,
+            "connections": connections,
             "store": {
-                **self.db.stats(),
+                **store,
                 "context": self.contexts.status(),
                 "maintenance": self.maintenance.status(),
             },
