@@ -28,7 +28,7 @@ from mechaway.nodes.codec import DECODERS
 from mechaway.runtime.engine import Engine
 from mechaway.store.batching import Coalescer
 from mechaway.store.db import Database
-from mechaway.store.encode import UnstorableValue
+from mechaway.store.encode import UnstorableValue, to_json
 from mechaway.store.kv import KVStore
 from mechaway.store.outbox import Outbox
 from mechaway.store.series import SeriesStore
@@ -552,3 +552,20 @@ async def _store_all(d: Database, payloads: list[Any], stamps: list[Any]) -> Non
     assert d.read("SELECT count(*) FROM samples")[0][0] == before + n_series
     for k in range(len(payloads)):
         kv.delete("ns", str(k))
+
+
+def test_encoded_values_hold_only_their_own_size() -> None:
+    """orjson's result holds ~4 KB whatever its length: a backlog of queued store writes
+    (thousands after a reconnect) kept ~20 MB resident (found by benchmarks/soak.py)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        kept = [
+            to_json({"seq": i, "temp": 31.5}, "outbox message on %s", "t") for i in range(10_000)
+        ]
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(kept) == 10_000
+    assert held < 2_000_000  # ~60 bytes each; 41 MB before
