@@ -61,6 +61,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import compile_package, free_port, notify_socket, rss_mb, wait_ready
+from mqtt_clients import frames
 
 from mechaway.testing.broker import MosquittoBroker
 
@@ -177,25 +178,14 @@ def _connect(port: int, client_id: str, clean: bool) -> socket.socket:
 
 
 def _frames(buf: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
-    """Complete frames (first byte, body) in ``buf`` and the rest."""
+    """Complete frames (first byte, body) in ``buf`` and the rest (``mqtt_clients.frames``
+    does the splitting, as for the other benchmarks)."""
     out = []
-    i, end = 0, len(buf)
-    while end - i >= 2:
-        j, length, mult = i + 1, 0, 1
-        while j < end:
-            byte = buf[j]
-            length += (byte & 0x7F) * mult
-            mult <<= 7
-            j += 1
-            if not byte & 0x80:
-                break
-        else:
-            break
-        if j + length > end:
-            break
-        out.append((buf[i], buf[j : j + length]))
-        i = j + length
-    return out, buf[i:]
+    for first, start, stop in frames(buf):
+        if first < 0:
+            return out, buf[start:]
+        out.append((first, buf[start:stop]))
+    raise AssertionError("frames() always ends with its (-1, consumed, 0) marker")
 
 
 class Publisher(threading.Thread):
