@@ -81,3 +81,15 @@ def error_text(exc: BaseException) -> str:
     if len(text) > MAX_ERROR_TEXT:
         text = f"{text[: MAX_ERROR_TEXT - 30]}... ({len(text)} characters)"
     return text
+
+
+def located(err: Exception, where: str = "") -> str:
+    """A msgspec ``ValidationError`` as ``where.key.path: what`` (``unknown key`` for an
+    unknown field): the one place that turns msgspec's ``- at `$.a.b``` into our paths."""
+    text = str(err).replace("Object contains unknown field", "unknown key")
+    head, _, path = text.partition(" - at `$")
+    key = path.rstrip("`").lstrip(".")
+    if key.startswith("["):
+        key = key  # an index at the top: where[0]
+    full = f"{where}.{key}" if where and key and not key.startswith("[") else f"{where}{key}"
+    return f"{full}: {head}" if full else head
