@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mechaway import __version__
+from mechaway.drivers.base import Connections, DriverEnv
 from mechaway.errors import ConfigError
 from mechaway.nodes.context import Services
 from mechaway.runtime.engine import Engine
@@ -24,7 +25,7 @@ from mechaway.store.context import ContextKeeper
 from mechaway.store.db import Database
 from mechaway.store.flows import FlowStore
 from mechaway.store.maintenance import Maintenance
-from mechaway.store.spool import SqliteSpool
+from mechaway.store.spool import SqliteSpools
 from mechaway.tasks import OwnedTask
 
 log = logging.getLogger("mechaway.daemon")
@@ -178,53 +179,24 @@ class Daemon:
         self._stop = asyncio.Event()
         self._started = time.monotonic()
         self.listen_port: int | None = None
-        self._drivers: dict[tuple[str, str], Any] = {}
         self.packs: Any = None
         self._packs_task = OwnedTask("mechaway.plugins.watcher")
         self._watchdog = OwnedTask("mechaway.watchdog")
-        self._mqtt_settings = self._check_mqtt(settings)
-        self.services.connections["mqtt"] = self._mqtt
-
-    # -- drivers ----------------------------------------------------------------------------
-    @staticmethod
-    def _check_mqtt(settings: Settings) -> dict[str, Any]:
-        """Validate every ``[mqtt.NAME]`` at start (unknown keys name themselves)."""
-        if not settings.mqtt:
-            return {}
-        from mechaway.drivers.mqtt import parse_settings
-
-        return {name: parse_settings(raw, f"mqtt.{name}") for name, raw in settings.mqtt.items()}
-
-    async def _mqtt(self, name: str) -> Any:
-        """The shared connection ``[mqtt.NAME]``, created and started on first use.
-
-        ``default`` exists without configuration (127.0.0.1:1883).
-        """
-        key = ("mqtt", name)
-        conn = self._drivers.get(key)
-        if conn is not None:
-            return conn
-        from mechaway.drivers.mqtt import MqttConnection, parse_settings
-
-        settings = self._mqtt_settings.get(name)
-        if settings is None:
-            if name != "default":
-                raise KeyError(f"no [mqtt.{name}] connection is configured")
-            settings = parse_settings({}, "mqtt.default")
-        spool = SqliteSpool(
-            self.db, name, max_items=settings.spool_max, overflow=settings.spool_overflow
+        #: every driver connection ([mqtt.*], [serial.*], [gpio], ...), started on first use
+        self.drivers = Connections(
+            settings.drivers,
+            DriverEnv(
+                device_id=settings.device.id,
+                data_dir=settings.data_dir,
+                spools=SqliteSpools(self.db),
+            ),
         )
-        conn = MqttConnection(name, settings, device_id=self.settings.device.id, spool=spool)
-        self._drivers[key] = conn
-        await conn.start()
-        return conn
+        self.services.drivers = self.drivers
 
     # -- status -----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         file_errors = self.watcher.errors() if self.watcher else {}
-        connections = {
-            f"{kind}.{name}": drv.status() for (kind, name), drv in self._drivers.items()
-        }
+        connections = self.drivers.status()
         store = self.db.stats()
         return {
             "device": self.settings.device.id,
@@ -275,14 +247,9 @@ class Daemon:
         self.db.open()
         await self.contexts.start()
         await self.maintenance.start()
-        # configured connections, and any with publishes spooled before a restart, connect
-        # now: spooled messages drain even if no flow uses their connection any more
-        spooled = {r[0] for r in self.db.read("SELECT DISTINCT conn FROM mqtt_spool")}
-        for name in sorted(set(self._mqtt_settings) | spooled):
-            try:
-                await self._mqtt(name)
-            except KeyError as err:
-                log.error("mqtt.%s: %s spooled publishes wait for it to be configured", name, err)
+        # configured connections, and any a driver preloads (MQTT: publishes spooled before
+        # a restart, which drain even if no flow uses their connection any more), start now
+        await self.drivers.start_configured()
         await self.manager.start_stored()
         if self.flows_dir is not None:
             try:
@@ -388,12 +355,7 @@ class Daemon:
         await self.maintenance.stop()
         await self.contexts.stop()  # retiring nodes save their state through the engine hook
         await self.engine.stop()
-        for key, drv in list(self._drivers.items()):
-            try:
-                await drv.close()
-            except Exception:
-                log.exception("closing %s.%s failed", *key)
-        self._drivers.clear()
+        await self.drivers.close()
         await self.db.close()
         log.info("stopped")
 

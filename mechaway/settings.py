@@ -93,8 +93,10 @@ class Settings(_Section):
     log: LogSettings = msgspec.field(default_factory=LogSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     hub: HubSettings = msgspec.field(default_factory=HubSettings)
-    #: ``[mqtt.NAME]`` connections; checked by the MQTT driver's settings struct
-    mqtt: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    #: ``{kind: {name: settings}}``: every ``[KIND.NAME]`` driver section (``[mqtt.plc]``,
+    #: ``[serial.arduino]``, ``[gpio]``), validated by its driver's settings struct
+    #: (``mechaway.drivers.base.parse_sections``); not a section of the file itself
+    drivers: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 
     @property
     def data_dir(self) -> Path:
@@ -206,18 +208,6 @@ def _env_overrides(raw: dict[str, Any], env: dict[str, str], places: _Places) ->
         places.env[(section, key)] = name
 
 
-def _toml_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return f"a {type(value).__name__}"
-
-
 def _read_toml(p: Path) -> dict[str, Any]:
     """The parsed file; every way it can be unusable is one ConfigError naming it."""
     try:
@@ -245,13 +235,8 @@ def _read_toml(p: Path) -> dict[str, Any]:
 def _convert(raw: dict[str, Any], places: _Places, *, strict: bool) -> Settings:
     """``strict`` for the file (TOML has types: ``"10"`` is not a number there); the
     environment only has strings, so values that came from it are converted leniently."""
-    mqtt = raw.get("mqtt")
-    if isinstance(mqtt, dict):  # msgspec would say ``mqtt[...]``: name the connection
-        for name, table in mqtt.items():
-            if not isinstance(table, dict):
-                raise places.error(
-                    f"mqtt.{name}", f"expected a table [mqtt.{name}], got {_toml_type(table)}"
-                )
+    if "drivers" in raw:
+        raise places.error("drivers", "unknown key")
     try:
         return msgspec.convert(raw, Settings, strict=strict)
     except msgspec.ValidationError as err:
@@ -304,17 +289,14 @@ def load_settings(path: str | Path | None = None, *, env: dict[str, str] | None 
     source = str(path) if path is not None else env.get(CONFIG_ENV)
     places = _Places(source or None)
     raw = _read_toml(Path(source)) if source else {}
+    # every top-level table that is not one of ours is a driver's: [mqtt.plc], [gpio], ...
+    driver_raw = {k: raw.pop(k) for k in list(raw) if k not in Settings.__struct_fields__}
     _convert(raw, places, strict=True)
     _env_overrides(raw, env, places)
     settings = _convert(raw, places, strict=False)
     _check(settings, places)
-    if settings.mqtt:
-        # checked again by the daemon at start; here too, so the error names the file
-        from mechaway.drivers.mqtt import parse_settings
+    if driver_raw:
+        from mechaway.drivers.base import parse_sections
 
-        for name, table in settings.mqtt.items():
-            try:
-                parse_settings(table, f"mqtt.{name}")
-            except ConfigError as err:
-                raise ConfigError(f"{places.source or 'config'}: {err}") from err
+        settings.drivers = parse_sections(driver_raw, places.source or "config")
     return settings

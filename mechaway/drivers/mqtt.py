@@ -29,11 +29,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future as ThreadFuture
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
 
+from mechaway.drivers.base import Driver, DriverEnv, DriverSettings, register_driver
 from mechaway.errors import ConfigError, MechawayError, NotConnected, StoreUnavailable
 
 __all__ = [
@@ -56,7 +56,6 @@ SpoolItem = tuple[int, str, bytes, int, bool]
 Handler = Callable[["Incoming"], Awaitable[None] | None]
 
 #: a connection that stayed up this long ends a burst of failures (backoff and logging reset)
-_STABLE_S = 10.0
 #: at most this many async handler runs in flight; QoS 0 beyond it is dropped and counted
 _MAX_PENDING_HANDLERS = 10_000
 _ROUTE_CACHE_MAX = 4096
@@ -75,7 +74,7 @@ _RECEIVE_MAX = 65_535
 # ---------------------------------------------------------------------------------------
 # Settings
 # ---------------------------------------------------------------------------------------
-class MqttSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class MqttSettings(DriverSettings):
     """One ``[mqtt.NAME]`` section. Constraints are checked by ``parse_settings``."""
 
     host: str = "127.0.0.1"
@@ -105,28 +104,23 @@ class MqttSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_inflight: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 100
     #: QoS 0 is dropped (counted) while this much is unsent in the socket's buffer
     max_write_buffer_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 4 * 1024 * 1024
-    reconnect_min: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 0.5
-    reconnect_max: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
     connect_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
     #: publish retained ``online``/``offline`` on ``mechaway/<device id>/status``
     birth: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.key_file and not self.cert_file:
             raise ValueError("key_file needs cert_file")
-        if self.reconnect_min > self.reconnect_max:
-            raise ValueError("reconnect_min must be <= reconnect_max")
 
 
 def parse_settings(data: Mapping[str, Any], where: str = "mqtt.default") -> MqttSettings:
-    """Validate one ``[mqtt.NAME]`` table; ConfigError names the key (``mqtt.plc.port: ...``)."""
-    try:
-        return msgspec.convert(dict(data), MqttSettings, strict=False)
-    except msgspec.ValidationError as err:
-        text = str(err).replace("Object contains unknown field", "unknown key")
-        head, _, path = text.partition(" - at `$")
-        key = path.rstrip("`").lstrip(".")
-        raise ConfigError(f"{where}.{key}: {head}" if key else f"{where}: {head}") from err
+    """Validate one ``[mqtt.NAME]`` table; ConfigError names the key (``mqtt.plc.port: ...``).
+
+    Strict like every section: ``port = "1883"`` is an error, not a number."""
+    settings = MqttConnection.parse_settings(data, where)
+    assert isinstance(settings, MqttSettings)
+    return settings
 
 
 # ---------------------------------------------------------------------------------------
@@ -1298,23 +1292,37 @@ class _Burst:
     since: float = 0.0
 
 
-class MqttConnection:
+@register_driver("mqtt")
+class MqttConnection(Driver[MqttSettings]):
     """One broker connection shared by all nodes that name it; see the module docstring.
 
     ``async with MqttConnection(...) as conn`` or ``start()``/``close()``. All methods are
-    called on the event loop's thread.
+    called on the event loop's thread. ``[mqtt.default]`` exists without configuration.
     """
 
+    Settings = MqttSettings
+    implicit_default = True
+
     def __init__(
-        self, name: str, settings: MqttSettings, *, device_id: str, spool: Spool | None = None
+        self,
+        name: str,
+        settings: MqttSettings,
+        env: DriverEnv | None = None,
+        *,
+        device_id: str | None = None,
+        spool: Spool | None = None,
     ) -> None:
+        super().__init__(name, settings, env)
+        device_id = device_id if device_id is not None else self.env.device_id
         if not device_id or any(c in device_id for c in "/+#\0"):
             raise ValueError(f"device id {device_id!r} cannot be part of an MQTT topic")
-        self.name = name
-        self.settings = settings
         self.device_id = device_id
         self.client_id = settings.client_id or f"mechaway-{device_id}-{name}"
         self.status_topic = f"mechaway/{device_id}/status"
+        if spool is None and self.env.spools is not None:
+            spool = self.env.spools.open(
+                "mqtt", name, max_items=settings.spool_max, overflow=settings.spool_overflow
+            )
         self._spool: Spool = (
             spool
             if spool is not None
@@ -1355,6 +1363,12 @@ class MqttConnection:
         self._handler_tasks: set[asyncio.Task[None]] = set()
         self._logged_once: set[str] = set()
         self._good_topics: set[str] = set()  # topics already checked for publishing
+
+    @classmethod
+    def preload(cls, env: DriverEnv) -> list[str]:
+        """Connections with publishes spooled before a restart: they connect at start and
+        drain even if no flow uses them any more."""
+        return env.spools.pending("mqtt") if env.spools is not None else []
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -1419,18 +1433,6 @@ class MqttConnection:
             fut.cancel()
         self._suback_waiters.clear()
         self._set_state("closed")
-
-    async def __aenter__(self) -> MqttConnection:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until connected; NotConnected (with the last error) after ``timeout``."""
@@ -1931,11 +1933,11 @@ class MqttConnection:
                         log.exception("%s: setting up the connection failed", self._label)
                         session.abort(f"setup failed: {err!r}")
                     try:
-                        await asyncio.wait_for(session.lost.wait(), _STABLE_S)
+                        await asyncio.wait_for(session.lost.wait(), self.settings.stable_after)
                     except TimeoutError:
                         self._stable()
                         await session.lost.wait()
-                    if time.monotonic() - up_at >= _STABLE_S:
+                    if time.monotonic() - up_at >= self.settings.stable_after:
                         attempt = 0
                     if not self._closing:
                         # a loss the broker's fault caused is its own kind in the burst log
@@ -1977,7 +1979,7 @@ class MqttConnection:
         device id), which then take turns kicking each other out."""
         if session.disconnect_code == _TAKEN_OVER:
             return f"{reason}: another client connected with client id {self.client_id!r}"
-        if reason == "broker closed the connection" and lasted < _STABLE_S:
+        if reason == "broker closed the connection" and lasted < self.settings.stable_after:
             return (
                 f"{reason} {lasted:.1f} s after accepting it (another client using client id "
                 f"{self.client_id!r}? the broker's ACL or limits?)"
@@ -2086,6 +2088,7 @@ class MqttConnection:
         """State for ``GET /api/v1/status``: JSON-ready."""
         session = self._session
         return {
+            "kind": "mqtt",
             "name": self.name,
             "broker": f"{self.settings.host}:{self.settings.port}",
             "client_id": self.client_id,

@@ -3,56 +3,49 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from mechaway.logs import BurstLog
+
+if TYPE_CHECKING:
+    from mechaway.drivers.base import Connections, Driver
+
+D = TypeVar("D", bound="Driver[Any]")
 
 
 @dataclass(slots=True)
 class Services:
-    """Daemon-wide services shared by nodes: drivers by connection name, the store, paths.
+    """Daemon-wide services shared by nodes: driver connections, the store, paths.
 
-    ``connections`` maps a kind (``"mqtt"``) to an async getter taking the connection
-    name and returning the started, shared driver; the daemon fills it. Tests build one
-    with fakes.
+    ``drivers`` is the daemon's ``Connections`` (the driver layer); ``connections`` maps a
+    kind (``"mqtt"``) to an async getter of a connection by name, for tests with fakes
+    (it wins over ``drivers`` for its kinds).
     """
 
     device_id: str = "mechaway"
     data_dir: Path = field(default_factory=lambda: Path("."))
     store: Any = None
     connections: dict[str, Any] = field(default_factory=dict)
+    drivers: Connections | None = None
 
-    async def connection(self, kind: str, name: str) -> Any:
-        """The shared driver for ``[kind.name]``; raises ``KeyError`` naming what is missing."""
-        getter = self.connections.get(kind)
-        if getter is None:
-            raise KeyError(f"no {kind} connections are available")
-        return await getter(name)
+    @overload
+    async def connection(self, kind: type[D], name: str = "default") -> D: ...
 
+    @overload
+    async def connection(self, kind: str, name: str = "default") -> Any: ...
 
-class BurstLog:
-    """Log the first of a burst of similar events, then a count at most every ``window_s``."""
-
-    __slots__ = ("_logger", "_suppressed", "_until", "window_s")
-
-    def __init__(self, logger: logging.Logger, window_s: float = 10.0) -> None:
-        self._logger = logger
-        self.window_s = window_s
-        self._until = 0.0
-        self._suppressed = 0
-
-    def warning(self, text: str, *args: Any) -> None:
-        """Log ``text`` unless inside the current burst window (then count it)."""
-        t = time.monotonic()
-        if t < self._until:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            self._logger.warning("(%d similar messages suppressed)", self._suppressed)
-            self._suppressed = 0
-        self._until = t + self.window_s
-        self._logger.warning(text, *args)
+    async def connection(self, kind: str | type[D], name: str = "default") -> Any:
+        """The started, shared connection ``[kind.name]``: ``connection(SerialDriver,
+        "arduino")`` is typed; ``KeyError`` names what is missing."""
+        key = kind if isinstance(kind, str) else kind.kind
+        getter = self.connections.get(key)
+        if getter is not None:
+            return await getter(name)
+        if self.drivers is None:
+            raise KeyError(f"no {key} connections are available")
+        return await self.drivers.get(kind, name)
 
 
 @dataclass(slots=True)

@@ -145,3 +145,39 @@ class SqliteSpool:
                 "DELETE FROM mqtt_spool WHERE conn = ? AND id <= ?", (name, id_)
             )
         )
+
+
+class SqliteSpools:
+    """The daemon's ``Spools`` (mechaway.drivers.base): one ``SqliteSpool`` per connection.
+
+    MQTT's spools keep the connection's bare name in ``conn`` (as they always did);
+    another kind's are kept as ``kind.name``.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @staticmethod
+    def _key(kind: str, name: str) -> str:
+        return name if kind == "mqtt" else f"{kind}.{name}"
+
+    def open(self, kind: str, name: str, *, max_items: int, overflow: str) -> SqliteSpool:
+        if overflow not in ("drop_oldest", "drop_new"):
+            raise ValueError(f"overflow {overflow!r} is not drop_oldest or drop_new")
+        return SqliteSpool(
+            self.db,
+            self._key(kind, name),
+            max_items=max_items,
+            overflow="drop_oldest" if overflow == "drop_oldest" else "drop_new",
+        )
+
+    def pending(self, kind: str) -> list[str]:
+        names = [r[0] for r in self.db.read("SELECT DISTINCT conn FROM mqtt_spool")]
+        if kind == "mqtt":
+            return sorted(n for n in names if "." not in n)
+        prefix = f"{kind}."
+        return sorted(n[len(prefix) :] for n in names if n.startswith(prefix))
+
+    def pending_kinds(self) -> list[str]:
+        names = [r[0] for r in self.db.read("SELECT DISTINCT conn FROM mqtt_spool")]
+        return sorted({n.partition(".")[0] if "." in n else "mqtt" for n in names})

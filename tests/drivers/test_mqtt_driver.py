@@ -111,7 +111,12 @@ def test_memory_spool_bound_and_policies() -> None:
 
 
 def test_settings_validation_names_the_key() -> None:
-    assert parse_settings({"port": "1884"}).port == 1884  # env strings convert
+    assert parse_settings({"port": 1884}).port == 1884
+    # strict like every other section: a quoted number is a mistake worth naming
+    with pytest.raises(ConfigError, match=r"mqtt\.plc\.port: Expected `int`, got `str`"):
+        parse_settings({"port": "1883"}, "mqtt.plc")
+    with pytest.raises(ConfigError, match=r"mqtt\.plc\.keepalive: Expected `int`, got `str`"):
+        parse_settings({"keepalive": "60"}, "mqtt.plc")
     with pytest.raises(ConfigError, match=r"mqtt\.plc\.port"):
         parse_settings({"port": 0}, "mqtt.plc")
     with pytest.raises(ConfigError, match=r"unknown key.*hots"):
@@ -119,8 +124,8 @@ def test_settings_validation_names_the_key() -> None:
     with pytest.raises(ConfigError, match="key_file needs cert_file"):
         parse_settings({"key_file": "k.pem"}, "mqtt.plc")
     # an infinite backoff or timeout would never retry; MQTT 5 carries the expiry in 4 bytes
-    for key, value in [("reconnect_max", "inf"), ("connect_timeout", "inf"),
-                       ("reconnect_min", "nan"), ("session_expiry", 2**32)]:  # fmt: skip
+    for key, value in [("reconnect_max", float("inf")), ("connect_timeout", float("inf")),
+                       ("reconnect_min", float("nan")), ("session_expiry", 2**32)]:  # fmt: skip
         with pytest.raises(ConfigError, match=rf"mqtt\.plc\.{key}: Expected `(float|int)`"):
             parse_settings({key: value}, "mqtt.plc")
     with pytest.raises(ValueError, match="wildcard"):
