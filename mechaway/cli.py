@@ -284,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("id")
     rb.add_argument("rev", type=int)
     f.set_defaults(fn=cmd_flows)
+
+    from mechaway.hub.cli import register as register_hub
+
+    register_hub(sub)
     return p
 
 

@@ -1,0 +1,738 @@
+"""The hub's database: SQLite (one file) or PostgreSQL (several hub processes share it).
+
+Everything about a device lives here, never only in one hub process's memory: its token
+hash, tags, last heartbeat, the signed bundle it should run (with its sequence), what it
+reported, and the per-(device, epoch) upload state. The logic is written once against a
+small transaction interface (``_Tx``); ``SqliteBackend`` and ``PgBackend`` provide it.
+
+Telemetry is stored idempotently: ``telemetry`` has the primary key (device, seq) where
+seq is the hub's per-device sequence ``epoch.base + edge seq``. Per (device, epoch) the
+hub keeps ``acked`` (everything up to it is stored: the edge may delete it), ``stored_hi``
+(nothing above it is stored: a batch starting above it is COPYed with no conflict check)
+and one *live range* ``[live_lo, live_hi]`` stored ahead of the contiguous prefix (an edge
+with a backlog sends live data first). A batch overlapping what is stored goes through
+``INSERT ... ON CONFLICT DO NOTHING``. Upload transactions lock their epoch row (``FOR
+UPDATE`` on PostgreSQL; SQLite has one writer), so two hubs receiving the same device's
+retries store each message once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from mechaway.errors import MechawayError
+from mechaway.hub.wire import Batch, Heartbeat, bundle_payload, canonical, envelope
+
+log = logging.getLogger("mechaway.hub.db")
+
+#: (version, statements); ``{int} {real} {blob} {serial} {norowid}`` differ per database.
+#: Append only; never edit a released step.
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            """CREATE TABLE devices (
+                id TEXT PRIMARY KEY,
+                token_hash TEXT NOT NULL,
+                tags TEXT NOT NULL DEFAULT '[]',
+                created_at {real} NOT NULL,
+                last_seen {real},
+                status TEXT,
+                bundle_seq {int} NOT NULL DEFAULT 0,
+                bundle_version {int} NOT NULL DEFAULT -1,
+                bundle_hash TEXT,
+                bundle TEXT,
+                applied_seq {int} NOT NULL DEFAULT 0
+            )""",
+            """CREATE TABLE tag_flows (
+                tag TEXT NOT NULL, flow_id TEXT NOT NULL, doc TEXT NOT NULL,
+                updated_at {real} NOT NULL, PRIMARY KEY (tag, flow_id)
+            )""",
+            """CREATE TABLE device_flows (
+                device_id TEXT NOT NULL, flow_id TEXT NOT NULL, doc TEXT NOT NULL,
+                updated_at {real} NOT NULL, PRIMARY KEY (device_id, flow_id)
+            )""",
+            "CREATE TABLE counters (name TEXT PRIMARY KEY, value {int} NOT NULL)",
+            "INSERT INTO counters(name, value) VALUES ('flows', 0)",
+            """CREATE TABLE epochs (
+                device_id TEXT NOT NULL, epoch TEXT NOT NULL,
+                base {int} NOT NULL, acked {int} NOT NULL, stored_hi {int} NOT NULL,
+                live_lo {int} NOT NULL DEFAULT 0, live_hi {int} NOT NULL DEFAULT 0,
+                dropped {int} NOT NULL DEFAULT 0, retired {int} NOT NULL DEFAULT 0,
+                created_at {real} NOT NULL,
+                PRIMARY KEY (device_id, epoch)
+            )""",
+            """CREATE TABLE telemetry (
+                device_id TEXT NOT NULL, seq {int} NOT NULL, ts {real} NOT NULL,
+                topic TEXT NOT NULL, payload {blob} NOT NULL, flags {int} NOT NULL,
+                PRIMARY KEY (device_id, seq)
+            ){norowid}""",
+            """CREATE TABLE events (
+                id {serial}, device_id TEXT NOT NULL, ts {real} NOT NULL,
+                kind TEXT NOT NULL, detail TEXT NOT NULL
+            )""",
+            "CREATE INDEX events_device ON events(device_id, id)",
+        ],
+    ),
+]
+
+_DIALECT = {
+    "sqlite": {
+        "int": "INTEGER",
+        "real": "REAL",
+        "blob": "BLOB",
+        "serial": "INTEGER PRIMARY KEY",
+        "norowid": " WITHOUT ROWID",
+    },
+    "pg": {
+        "int": "BIGINT",
+        "real": "DOUBLE PRECISION",
+        "blob": "BYTEA",
+        "serial": "BIGSERIAL PRIMARY KEY",
+        "norowid": "",
+    },
+}
+#: events kept per device (older ones are pruned when new ones arrive)
+EVENTS_KEPT = 200
+TELEMETRY_COLUMNS = ("device_id", "seq", "ts", "topic", "payload", "flags")
+
+
+class HubDbError(MechawayError):
+    """The hub database cannot be used (unreachable, wrong schema)."""
+
+
+class Conflict(MechawayError):
+    """A request that contradicts what is stored (unknown device, existing id, old epoch)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+# -- the transaction interface both backends provide ------------------------------------------
+class _Tx:
+    dialect: str
+    #: ``FOR UPDATE`` where the database has row locks (PostgreSQL)
+    for_update: str = ""
+
+    async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        raise NotImplementedError
+
+    async def fetchrow(self, sql: str, *args: Any) -> Sequence[Any] | None:
+        rows = await self.fetch(sql, *args)
+        return rows[0] if rows else None
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        raise NotImplementedError
+
+    async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        raise NotImplementedError
+
+    async def copy(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+        raise NotImplementedError
+
+
+class Backend:
+    """One database; ``tx()`` is a transaction (``durable``: committed to disk when done)."""
+
+    dialect = ""
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    def tx(self, *, durable: bool = True) -> contextlib.AbstractAsyncContextManager[_Tx]:
+        raise NotImplementedError
+
+    async def migrate(self) -> int:
+        raise NotImplementedError
+
+    async def read(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        """One read statement outside any explicit transaction."""
+        raise NotImplementedError
+
+
+def _statements(dialect: str) -> list[tuple[int, list[str]]]:
+    subs = _DIALECT[dialect]
+    return [(v, [s.format(**subs) for s in stmts]) for v, stmts in MIGRATIONS]
+
+
+# -- SQLite ----------------------------------------------------------------------------------
+class _SqliteTx(_Tx):
+    dialect = "sqlite"
+
+    def __init__(self, backend: SqliteBackend) -> None:
+        self.b = backend
+
+    async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        rows: list[Sequence[Any]] = await self.b.run(lambda c: c.execute(sql, args).fetchall())
+        return rows
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        n: int = await self.b.run(lambda c: c.execute(sql, args).rowcount)
+        return n
+
+    async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        await self.b.run(lambda c: c.executemany(sql, rows))
+
+    async def copy(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+        marks = ",".join("?" * len(columns))
+        await self.executemany(f"INSERT INTO {table}({','.join(columns)}) VALUES ({marks})", rows)
+
+
+class SqliteBackend(Backend):
+    """One connection on one thread; transactions take turns (SQLite has one writer)."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._exec = ThreadPoolExecutor(1, thread_name_prefix="mechaway-hub-sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._tid: int | None = None
+
+    async def run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        conn = self._conn
+        if conn is None:
+            raise HubDbError(f"{self.path}: not open")
+        return await asyncio.get_running_loop().run_in_executor(self._exec, fn, conn)
+
+    async def open(self) -> None:
+        def connect() -> sqlite3.Connection:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            c = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute("PRAGMA busy_timeout=10000")
+            self._tid = threading.get_ident()
+            return c
+
+        try:
+            self._conn = await asyncio.get_running_loop().run_in_executor(self._exec, connect)
+        except sqlite3.Error as err:
+            raise HubDbError(f"{self.path}: cannot open: {err}") from err
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self._exec, conn.close)
+        self._exec.shutdown(wait=True)
+
+    async def read(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        async with self._lock:
+            rows: list[Sequence[Any]] = await self.run(lambda c: c.execute(sql, args).fetchall())
+        return rows
+
+    @contextlib.asynccontextmanager
+    async def tx(self, *, durable: bool = True) -> AsyncIterator[_Tx]:
+        async with self._lock:
+            sync = "FULL" if durable else "NORMAL"
+
+            def begin(c: sqlite3.Connection) -> None:
+                c.execute(f"PRAGMA synchronous={sync}")
+                c.execute("BEGIN IMMEDIATE")
+
+            await self.run(begin)
+            try:
+                yield _SqliteTx(self)
+            except BaseException:
+                await asyncio.shield(self.run(lambda c: c.execute("ROLLBACK")))
+                raise
+            await asyncio.shield(self.run(lambda c: c.execute("COMMIT")))
+
+    async def migrate(self) -> int:
+        async with self.tx() as tx:
+            await tx.execute(
+                "CREATE TABLE IF NOT EXISTS hub_schema (version INTEGER PRIMARY KEY,"
+                " applied_at REAL NOT NULL)"
+            )
+            return await _apply_migrations(tx, "sqlite")
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+def _pg_sql(sql: str) -> str:
+    """``?`` placeholders -> ``$1, $2, ...`` (the SQL here has no ``?`` in literals)."""
+    parts = sql.split("?")
+    out = [parts[0]]
+    for i, part in enumerate(parts[1:], 1):
+        out.append(f"${i}{part}")
+    return "".join(out)
+
+
+class _PgTx(_Tx):
+    dialect = "pg"
+    for_update = " FOR UPDATE"
+
+    def __init__(self, conn: Any) -> None:
+        self.c = conn
+
+    async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        rows: list[Sequence[Any]] = await self.c.fetch(_pg_sql(sql), *args)
+        return rows
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        status: str = await self.c.execute(_pg_sql(sql), *args)
+        tail = status.rsplit(" ", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+
+    async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        await self.c.executemany(_pg_sql(sql), rows)
+
+    async def copy(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+        await self.c.copy_records_to_table(table, records=rows, columns=list(columns))
+
+
+class PgBackend(Backend):
+    """An asyncpg pool. Commits are asynchronous (``synchronous_commit=off``) except in
+    ``durable`` transactions (telemetry, flows, devices): a heartbeat lost in a crash of
+    the database server is sent again 30 s later; a message acknowledged to an edge never."""
+
+    dialect = "pg"
+
+    def __init__(self, dsn: str, pool_size: int = 8) -> None:
+        self.dsn = dsn
+        self.pool_size = pool_size
+        self.pool: Any = None
+
+    async def open(self) -> None:
+        import asyncpg  # type: ignore[import-untyped]
+
+        try:
+            self.pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=1,
+                max_size=self.pool_size,
+                command_timeout=60,
+                timeout=10,
+                server_settings={"synchronous_commit": "off", "application_name": "mechaway-hub"},
+            )
+        except (TimeoutError, OSError, asyncpg.PostgresError) as err:
+            raise HubDbError(f"database {_safe_dsn(self.dsn)}: cannot connect: {err}") from err
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.pool.close(), 10)
+            self.pool = None
+
+    async def read(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        rows: list[Sequence[Any]] = await self.pool.fetch(_pg_sql(sql), *args)
+        return rows
+
+    @contextlib.asynccontextmanager
+    async def tx(self, *, durable: bool = True) -> AsyncIterator[_Tx]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            if durable:
+                await conn.execute("SET LOCAL synchronous_commit = on")
+            yield _PgTx(conn)
+
+    async def migrate(self) -> int:
+        async with self.tx() as tx:
+            # two hubs starting at once: one migrates, the other waits and finds it done
+            await tx.execute("SELECT pg_advisory_xact_lock(780000001)")
+            await tx.execute(
+                "CREATE TABLE IF NOT EXISTS hub_schema (version INTEGER PRIMARY KEY,"
+                " applied_at DOUBLE PRECISION NOT NULL)"
+            )
+            return await _apply_migrations(tx, "pg")
+
+
+def _safe_dsn(dsn: str) -> str:
+    """A DSN without its password, for messages."""
+    head, sep, tail = dsn.partition("@")
+    if not sep:
+        return dsn
+    scheme, _, cred = head.partition("://")
+    user = cred.split(":", 1)[0]
+    return f"{scheme}://{user}@{tail}"
+
+
+async def _apply_migrations(tx: _Tx, dialect: str) -> int:
+    """Run the steps not yet recorded in ``hub_schema``; the version now."""
+    row = await tx.fetchrow("SELECT COALESCE(MAX(version), 0) FROM hub_schema")
+    current = int(row[0]) if row else 0
+    known = max(v for v, _ in MIGRATIONS)
+    if current > known:
+        raise HubDbError(f"database schema version {current} is newer than this hub ({known})")
+    for version, stmts in _statements(dialect):
+        if version <= current:
+            continue
+        for stmt in stmts:
+            await tx.execute(stmt)
+        await tx.execute(
+            "INSERT INTO hub_schema(version, applied_at) VALUES (?, ?)", version, time.time()
+        )
+        log.info("hub database migrated to version %d", version)
+        current = version
+    return current
+
+
+def open_backend(database: str, pool_size: int = 8) -> Backend:
+    from mechaway.hub.config import is_postgres
+
+    if is_postgres(database):
+        return PgBackend(database, pool_size)
+    return SqliteBackend(Path(database))
+
+
+# -- the hub's operations --------------------------------------------------------------------
+class HubDb:
+    """What the hub does with its database, the same for SQLite and PostgreSQL."""
+
+    def __init__(self, backend: Backend, sign: Callable[[bytes], bytes] | None = None) -> None:
+        self.b = backend
+        self.sign = sign
+        self.ingested = 0
+
+    async def open(self) -> None:
+        await self.b.open()
+        await self.b.migrate()
+
+    async def close(self) -> None:
+        await self.b.close()
+
+    # -- devices -------------------------------------------------------------------------
+    async def add_device(self, device: str, tags: list[str], hashed: str) -> None:
+        async with self.b.tx() as tx:
+            if await tx.fetchrow("SELECT 1 FROM devices WHERE id = ?", device):
+                raise Conflict(409, f"device {device!r} exists")
+            await tx.execute(
+                "INSERT INTO devices(id, token_hash, tags, created_at) VALUES (?, ?, ?, ?)",
+                device,
+                hashed,
+                orjson.dumps(sorted(set(tags))).decode(),
+                time.time(),
+            )
+
+    async def device_token_hash(self, device: str) -> str | None:
+        rows = await self.b.read("SELECT token_hash FROM devices WHERE id = ?", device)
+        return str(rows[0][0]) if rows else None
+
+    async def devices(self) -> list[dict[str, Any]]:
+        rows = await self.b.read(
+            "SELECT id, tags, created_at, last_seen, status, bundle_seq, applied_seq"
+            " FROM devices ORDER BY id"
+        )
+        return [_device_view(r) for r in rows]
+
+    async def device(self, device: str) -> dict[str, Any] | None:
+        async with self.b.tx(durable=False) as tx:
+            r = await tx.fetchrow(
+                "SELECT id, tags, created_at, last_seen, status, bundle_seq, applied_seq"
+                " FROM devices WHERE id = ?",
+                device,
+            )
+            if r is None:
+                return None
+            view = _device_view(r)
+            ev = await tx.fetch(
+                "SELECT ts, kind, detail FROM events WHERE device_id = ? ORDER BY id DESC"
+                " LIMIT 50",
+                device,
+            )
+            ep = await tx.fetch(
+                "SELECT epoch, base, acked, stored_hi, dropped, retired FROM epochs"
+                " WHERE device_id = ? ORDER BY created_at",
+                device,
+            )
+        view["events"] = [
+            {"ts": e[0], "kind": e[1], **orjson.loads(e[2])} for e in ev
+        ]
+        view["uploads"] = [
+            {
+                "epoch": e[0],
+                "base": e[1],
+                "acked": e[2],
+                "stored_hi": e[3],
+                "dropped": e[4],
+                "retired": bool(e[5]),
+            }
+            for e in ep
+        ]
+        return view
+
+    # -- flows ---------------------------------------------------------------------------
+    async def put_flow(self, scope: str, key: str, flow_id: str, doc: dict[str, Any]) -> int:
+        """Desired flow for a tag or a device; the new flows version."""
+        table, col = ("tag_flows", "tag") if scope == "tag" else ("device_flows", "device_id")
+        async with self.b.tx() as tx:
+            if scope == "device" and not await tx.fetchrow(
+                "SELECT 1 FROM devices WHERE id = ?", key
+            ):
+                raise Conflict(404, f"no device {key!r}")
+            await tx.execute(
+                f"INSERT INTO {table}({col}, flow_id, doc, updated_at) VALUES (?, ?, ?, ?)"
+                f" ON CONFLICT({col}, flow_id) DO UPDATE SET doc = excluded.doc,"
+                " updated_at = excluded.updated_at",
+                key,
+                flow_id,
+                canonical(doc).decode(),
+                time.time(),
+            )
+            return await self._bump(tx)
+
+    async def delete_flow(self, scope: str, key: str, flow_id: str) -> bool:
+        table, col = ("tag_flows", "tag") if scope == "tag" else ("device_flows", "device_id")
+        async with self.b.tx() as tx:
+            n = await tx.execute(
+                f"DELETE FROM {table} WHERE {col} = ? AND flow_id = ?", key, flow_id
+            )
+            if n:
+                await self._bump(tx)
+        return bool(n)
+
+    @staticmethod
+    async def _bump(tx: _Tx) -> int:
+        await tx.execute("UPDATE counters SET value = value + 1 WHERE name = 'flows'")
+        row = await tx.fetchrow("SELECT value FROM counters WHERE name = 'flows'")
+        assert row is not None
+        return int(row[0])
+
+    async def flows_version(self) -> int:
+        rows = await self.b.read("SELECT value FROM counters WHERE name = 'flows'")
+        return int(rows[0][0]) if rows else 0
+
+    # -- heartbeats and bundles ----------------------------------------------------------
+    async def heartbeat(self, device: str, hb: Heartbeat, raw_status: bytes) -> None:
+        now = time.time()
+        async with self.b.tx(durable=False) as tx:
+            await tx.execute(
+                "UPDATE devices SET last_seen = ?, status = ?, applied_seq = ? WHERE id = ?",
+                now,
+                raw_status.decode(),
+                hb.bundle_seq,
+                device,
+            )
+            if hb.reports:
+                await tx.executemany(
+                    "INSERT INTO events(device_id, ts, kind, detail) VALUES (?, ?, ?, ?)",
+                    [
+                        (
+                            device,
+                            r.ts,
+                            r.result,
+                            orjson.dumps(
+                                {"bundle_seq": r.bundle_seq, "flow": r.flow, "detail": r.detail}
+                            ).decode(),
+                        )
+                        for r in hb.reports
+                    ],
+                )
+                cut = await tx.fetchrow(
+                    "SELECT id FROM events WHERE device_id = ? ORDER BY id DESC"
+                    f" LIMIT 1 OFFSET {EVENTS_KEPT}",
+                    device,
+                )
+                if cut is not None:
+                    await tx.execute(
+                        "DELETE FROM events WHERE device_id = ? AND id <= ?", device, cut[0]
+                    )
+
+    async def bundle_for(self, device: str, after_seq: int) -> str | None:
+        """The device's signed bundle (JSON text) if its seq is above ``after_seq``."""
+        rows = await self.b.read(
+            "SELECT d.bundle_seq, d.bundle_version, d.bundle, c.value FROM devices d,"
+            " counters c WHERE d.id = ? AND c.name = 'flows'",
+            device,
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        seq, version, bundle, current = int(row[0]), int(row[1]), row[2], int(row[3])
+        if version != current:
+            seq, bundle = await self._rebuild(device, after_seq)
+        if bundle is not None and seq > after_seq:
+            return str(bundle)
+        return None
+
+    async def _rebuild(self, device: str, reported: int) -> tuple[int, str | None]:
+        """Recompute the device's desired flows; a new signed bundle if they changed."""
+        if self.sign is None:
+            raise HubDbError("this hub process has no signing key")
+        async with self.b.tx() as tx:
+            row = await tx.fetchrow(
+                "SELECT tags, bundle_seq, bundle_version, bundle_hash, bundle FROM devices"
+                " WHERE id = ?" + tx.for_update,
+                device,
+            )
+            if row is None:
+                return 0, None
+            tags, seq, version, old_hash, bundle = (
+                orjson.loads(row[0]),
+                int(row[1]),
+                int(row[2]),
+                row[3],
+                row[4],
+            )
+            vrow = await tx.fetchrow("SELECT value FROM counters WHERE name = 'flows'")
+            current = int(vrow[0]) if vrow else 0
+            if version == current:
+                return seq, bundle  # another request (or hub) rebuilt it meanwhile
+            flows: dict[str, tuple[float, dict[str, Any]]] = {}
+            for tag in tags:
+                for fid, doc, updated in await tx.fetch(
+                    "SELECT flow_id, doc, updated_at FROM tag_flows WHERE tag = ?", tag
+                ):
+                    # two tags with one flow id: the most recently deployed wins
+                    if fid not in flows or updated > flows[fid][0]:
+                        flows[fid] = (updated, orjson.loads(doc))
+            for fid, doc in await tx.fetch(
+                "SELECT flow_id, doc FROM device_flows WHERE device_id = ?", device
+            ):
+                flows[fid] = (float("inf"), orjson.loads(doc))  # a device's own flow wins
+            desired = {fid: d for fid, (_, d) in sorted(flows.items())}
+            digest = hashlib.sha256(canonical(desired)).hexdigest()
+            if digest == old_hash and bundle is not None:
+                await tx.execute(
+                    "UPDATE devices SET bundle_version = ? WHERE id = ?", current, device
+                )
+                return seq, bundle
+            seq = max(seq, reported) + 1
+            payload = bundle_payload(device, seq, desired)
+            text = orjson.dumps(envelope(payload, self.sign(payload))).decode()
+            await tx.execute(
+                "UPDATE devices SET bundle_seq = ?, bundle_version = ?, bundle_hash = ?,"
+                " bundle = ? WHERE id = ?",
+                seq,
+                current,
+                digest,
+                text,
+                device,
+            )
+            return seq, text
+
+    # -- telemetry -----------------------------------------------------------------------
+    async def ingest(self, device: str, batch: Batch) -> dict[str, Any]:
+        """Store a batch idempotently; the device's acknowledged seq for the epoch."""
+        rows = batch.rows
+        first, last = batch.first, batch.last
+        async with self.b.tx() as tx:
+            ep = await tx.fetchrow(
+                "SELECT base, acked, stored_hi, live_lo, live_hi, dropped, retired FROM epochs"
+                " WHERE device_id = ? AND epoch = ?" + tx.for_update,
+                device,
+                batch.epoch,
+            )
+            if ep is None:
+                ep = await self._new_epoch(tx, device, batch.epoch)
+            base, acked, stored_hi, live_lo, live_hi, dropped, retired = (int(x) for x in ep)
+            if retired:
+                raise Conflict(
+                    409, f"epoch {batch.epoch} of {device!r} is retired: a newer outbox uploads"
+                )
+            new = rows[max(0, acked + 1 - first) :]
+            if new:
+                recs = [(device, base + s, t, tp, p, f) for s, t, tp, p, f in new]
+                if new[0][0] > stored_hi:
+                    await tx.copy("telemetry", TELEMETRY_COLUMNS, recs)
+                else:  # overlaps what is stored: a retry, or backlog reaching the live range
+                    await tx.executemany(
+                        "INSERT INTO telemetry(device_id, seq, ts, topic, payload, flags)"
+                        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING",
+                        recs,
+                    )
+                stored_hi = max(stored_hi, last)
+            # contiguous: it continues what is stored, or starts at the edge's oldest row
+            # (everything before it is gone from the edge: evicted, never to come)
+            if first <= acked + 1 or first == batch.floor + 1:
+                if first > acked + 1:  # the edge evicted these before they were sent
+                    dropped += first - acked - 1
+                acked = max(acked, last)
+                if live_hi and acked + 1 >= live_lo:
+                    acked = max(acked, live_hi)
+                    live_lo = live_hi = 0
+            elif live_hi and live_lo <= first <= live_hi + 1:
+                live_hi = max(live_hi, last)
+            else:
+                live_lo, live_hi = first, last
+            await tx.execute(
+                "UPDATE epochs SET acked = ?, stored_hi = ?, live_lo = ?, live_hi = ?,"
+                " dropped = ? WHERE device_id = ? AND epoch = ?",
+                acked,
+                stored_hi,
+                live_lo,
+                live_hi,
+                dropped,
+                device,
+                batch.epoch,
+            )
+        self.ingested += len(new)
+        return {"epoch": batch.epoch, "acked": acked, "live_hi": live_hi}
+
+    @staticmethod
+    async def _new_epoch(tx: _Tx, device: str, epoch: str) -> Sequence[Any]:
+        """First batch of an outbox: its seqs follow everything stored for the device."""
+        if not await tx.fetchrow("SELECT 1 FROM devices WHERE id = ?" + tx.for_update, device):
+            raise Conflict(404, f"no device {device!r}")
+        ep = await tx.fetchrow(
+            "SELECT base, acked, stored_hi, live_lo, live_hi, dropped, retired FROM epochs"
+            " WHERE device_id = ? AND epoch = ?",
+            device,
+            epoch,
+        )
+        if ep is not None:
+            return ep  # another hub created it while we waited for the device lock
+        row = await tx.fetchrow(
+            "SELECT COALESCE(MAX(base + stored_hi), 0) FROM epochs WHERE device_id = ?", device
+        )
+        base = int(row[0]) if row else 0
+        await tx.execute("UPDATE epochs SET retired = 1 WHERE device_id = ?", device)
+        await tx.execute(
+            "INSERT INTO epochs(device_id, epoch, base, acked, stored_hi, created_at)"
+            " VALUES (?, ?, ?, 0, 0, ?)",
+            device,
+            epoch,
+            base,
+            time.time(),
+        )
+        log.info("device %s: new outbox epoch %s (hub seqs from %d)", device, epoch, base + 1)
+        return (base, 0, 0, 0, 0, 0, 0)
+
+    async def telemetry(self, device: str, after: int, limit: int) -> bytes:
+        """``[{seq, ts, topic, payload}, ...]`` as JSON bytes (payloads as stored)."""
+        rows = await self.b.read(
+            "SELECT seq, ts, topic, payload FROM telemetry WHERE device_id = ? AND seq > ?"
+            " ORDER BY seq LIMIT ?",
+            device,
+            after,
+            limit,
+        )
+        frag = orjson.Fragment
+        return orjson.dumps(
+            [{"seq": r[0], "ts": r[1], "topic": r[2], "payload": frag(bytes(r[3]))} for r in rows]
+        )
+
+
+def _device_view(r: Sequence[Any]) -> dict[str, Any]:
+    status = orjson.loads(r[4]) if r[4] else {}
+    return {
+        "id": r[0],
+        "tags": orjson.loads(r[1]),
+        "created_at": r[2],
+        "last_seen": r[3],
+        "bundle_seq": r[5],
+        "applied_seq": r[6],
+        "state": status.get("state"),
+        "flows": status.get("flows", []),
+        "backlog": status.get("backlog", {}),
+        "problems": status.get("problems", []),
+        "version": status.get("version"),
+    }
