@@ -256,6 +256,40 @@ def decode_vectors() -> list[dict[str, Any]]:
     add("line: valid edge cases (optional fields, extras, unknown op)", "line",
         b"".join(line(m) for m in ok), [fr(jl(m)) for m in ok], [msg(m) for m in ok])
 
+    # what a device must read: JSON spacing and escapes, limits, argument types
+    spaced = (b' { "t" : "cmd" , "id" : 11 , "op" : "pin" , "pin" : 7 , "value" : 0 } ',
+              {"t": "cmd", "id": 11, "op": "pin", "pin": 7, "value": 0})
+    escaped = (b'{"t":"cmd","id":12,"op":"custom","name":"a\\"b\\u0041","arg":"x\\ny"}',
+               {"t": "cmd", "id": 12, "op": "custom", "name": 'a"bA', "arg": "x\ny"})
+    add("line: commands with spaces and escapes", "line",
+        spaced[0] + b"\n" + escaped[0] + b"\n", [fr(spaced[0]), fr(escaped[0])],
+        [msg(spaced[1]), msg(escaped[1])])
+    device_cmds = [
+        ({"t": "cmd", "id": 4294967295, "op": "hello"}, None),
+        ({"t": "cmd", "id": 13, "op": "custom", "name": "n" * 32, "arg": -7}, None),
+        ({"t": "cmd", "id": 14, "op": "custom", "name": "n" * 33}, "schema"),
+        ({"t": "cmd", "id": 15, "op": "custom", "name": "go", "arg": [1, [2, {"a": 3}]]}, None),
+        ({"t": "cmd", "id": 16, "op": "custom", "name": "go", "arg": None}, None),
+        ({"t": "cmd", "id": 17, "op": "custom", "name": "go", "arg": True}, None),
+        ({"t": "cmd", "id": 18, "op": "a_very_long_operation_name"}, None),
+        ({"t": "cmd", "id": 1.5, "op": "hello"}, "schema"),
+        ({"t": "cmd", "id": 4294967296, "op": "hello"}, "schema"),
+        ({"t": "cmd", "id": 19, "op": "pin", "pin": True, "value": 1}, "schema"),
+        ({"t": "cmd", "id": 20, "op": "pwm", "pin": 9}, "schema"),
+        ({"v": 1.0, "t": "cmd", "id": 21, "op": "hello"}, "schema"),
+        ({"t": "cmd", "id": 22, "op": ""}, "schema"),
+        ({"t": "cmd", "id": 23, "op": 5}, "schema"),
+        ({"t": ["cmd"], "id": 24, "op": "hello"}, "schema"),
+    ]
+    add("line: commands at the edges of the schema", "line",
+        b"".join(line(m) for m, _ in device_cmds), [fr(jl(m)) for m, _ in device_cmds],
+        [msg(m) if code is None else err(code) for m, code in device_cmds])
+    mp_cmds = [m for m, _ in device_cmds if not isinstance(m.get("id"), float)
+               and m.get("id", 0) <= 0xFFFFFFFF and not isinstance(m.get("v"), float)]
+    add("cobs: commands at the edges of the schema", "cobs",
+        b"".join(cframe(m) for m in mp_cmds), [fr(mp(m)) for m in mp_cmds],
+        [msg(m) if code is None else err(code) for m, code in device_cmds if m in mp_cmds])
+
     # cobs framing
     add("cobs: one reading", "cobs", cframe(R1), [fr(mp(R1))], [msg(R1)])
     add("cobs: leading delimiters and empty frames ignored", "cobs",
