@@ -173,6 +173,8 @@ class Daemon:
         self.manager = FlowManager(self.engine, self.store)
         self.manager.on_deleted.append(self.contexts.forget)
         self.watcher: FlowDirWatcher | None = None
+        #: the hub sync client (``mechaway.hub.edge.HubSync``), only when ``[hub] url`` is set
+        self.hub: Any = None
         self._runner: Any = None
         self._api_sock: socket.socket | None = None
         self._api_task: asyncio.Task[None] | None = None
@@ -194,6 +196,10 @@ class Daemon:
         self.services.drivers = self.drivers
 
     # -- status -----------------------------------------------------------------------------
+    def _hub_problems(self) -> list[str]:
+        why = self.hub.problem() if self.hub is not None else None
+        return [why] if why else []
+
     def status(self) -> dict[str, Any]:
         file_errors = self.watcher.errors() if self.watcher else {}
         connections = self.drivers.status()
@@ -202,7 +208,7 @@ class Daemon:
             "device": self.settings.device.id,
             "version": __version__,
             "uptime_s": round(time.monotonic() - self._started, 3),
-            "problems": problems(store, connections, file_errors),
+            "problems": problems(store, connections, file_errors) + self._hub_problems(),
             "flows": self.engine.status(),
             "flow_file_errors": file_errors,
             "connections": connections,
@@ -212,6 +218,7 @@ class Daemon:
                 "maintenance": self.maintenance.status(),
             },
             "plugins": self.plugin_reports(),
+            "hub": self.hub.status() if self.hub is not None else None,
         }
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -262,6 +269,18 @@ class Daemon:
                 self.manager, self.flows_dir, self.settings.flows.poll_interval
             )
             await self.watcher.start()
+        if self.settings.hub.url:  # the sync client is imported only when a hub is set
+            from mechaway.hub.edge import HubSync
+
+            self.hub = HubSync(
+                self.settings.hub,
+                device_id=self.settings.device.id,
+                data_dir=self.settings.data_dir,
+                manager=self.manager,
+                db=self.db,
+                status=self.status,
+            )
+            await self.hub.start()
         if self.settings.api.enabled:
             await self._start_api()
         log.info(
@@ -339,6 +358,8 @@ class Daemon:
         """Stop sources first, drain sinks (bounded), close drivers, flush the store."""
         sd_notify("STOPPING=1")
         log.info("stopping")
+        if self.hub is not None:
+            await self.hub.stop()
         if self.watcher is not None:
             await self.watcher.stop()
         await self._packs_task.stop()

@@ -64,9 +64,29 @@ class FlowsSettings(_Section):
 
 
 class HubSettings(_Section):
+    """Sync with a mechaway hub (``mechaway/hub/edge.py``); off unless ``url`` is set."""
+
     url: str | None = None
+    #: this device's token (``mechaway hub devices add`` prints it)
     token: str | None = None
+    #: the hub's signing key, as ``mechaway hub public-key`` prints it: bundles must verify
     public_key: str | None = None
+    #: seconds between heartbeats (each one jittered by up to +-10%)
+    heartbeat: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 30.0
+    #: CA certificate (PEM) that an https:// hub's certificate must chain to
+    ca_file: str | None = None
+    #: with no token: register with this token at the hub, keep the token it gives
+    provisioning_token: str | None = None
+    #: messages per upload batch
+    batch: Annotated[int, msgspec.Meta(ge=1, le=50_000)] = 2000
+    #: backlog messages sent per second at most (live data goes first, unthrottled)
+    backlog_rate: Annotated[float, msgspec.Meta(gt=0)] = 50_000.0
+    #: after a hub deploy: a flow whose nodes error more than ``error_threshold`` times
+    #: within ``health_window`` seconds is rolled back to the last good revision
+    health_window: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 30.0
+    error_threshold: Annotated[int, msgspec.Meta(ge=0)] = 10
+    #: bound on one request to the hub
+    timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
 
 
 class EngineSettings(_Section):
