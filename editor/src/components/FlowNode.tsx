@@ -1,0 +1,73 @@
+import { createContext, memo, useContext } from "react";
+import { Handle, Position, type NodeProps } from "@xyflow/react";
+import { counterKey, counters } from "../lib/counters";
+import { useKeyed } from "../lib/store";
+import { nodeErrors } from "../lib/validation";
+import { INPUT_HANDLE, type MwNode } from "../lib/graph";
+
+/** The id of the flow on the canvas (counters are keyed ``flow/node``). */
+export const FlowIdContext = createContext("");
+
+const KIND_COLOR: Record<string, string> = {
+  source: "bg-emerald-100",
+  sink: "bg-amber-100",
+  pure: "bg-sky-100",
+};
+
+/** Counters live in a keyed store this component alone subscribes to: a counter update
+ *  re-renders one node, never the canvas. */
+function NodeCounters({ id }: { id: string }) {
+  const flow = useContext(FlowIdContext);
+  const c = useKeyed(counters, counterKey(flow, id));
+  return (
+    <div data-testid={`node-counter-${id}`} className="px-2 pb-1 font-mono text-[10px] text-slate-500">
+      {c ? (
+        <>
+          in {c.in} · out {c.out}
+          {c.errors > 0 && <span className="text-red-600"> · err {c.errors}</span>}
+          {c.dropped > 0 && <span className="text-amber-700"> · drop {c.dropped}</span>}
+        </>
+      ) : (
+        "not running"
+      )}
+    </div>
+  );
+}
+
+function NodeErrors({ id }: { id: string }) {
+  const errs = useKeyed(nodeErrors, id);
+  if (!errs?.length) return null;
+  const text = errs.map((e) => (e.param ? `${e.param}: ${e.message}` : e.message)).join("\n");
+  return (
+    <div data-testid="validation-error" title={text} className="max-w-[220px] truncate border-t border-red-200 bg-red-50 px-2 py-0.5 text-[10px] text-red-700">
+      ⚠ {errs[0]!.param ? `${errs[0]!.param}: ` : ""}
+      {errs[0]!.message}
+      {errs.length > 1 ? ` (+${errs.length - 1})` : ""}
+    </div>
+  );
+}
+
+function FlowNodeView({ id, data, selected }: NodeProps<MwNode>) {
+  return (
+    <div className={`min-w-[150px] rounded-md border bg-white text-xs shadow-sm ${selected ? "border-sky-500 ring-2 ring-sky-300" : "border-slate-300"}`}>
+      {data.hasInput && <Handle type="target" position={Position.Left} id={INPUT_HANDLE} />}
+      <div className={`rounded-t-md px-2 py-1 ${KIND_COLOR[data.kind]}`}>
+        <div className="font-semibold text-slate-800">{data.name || id}</div>
+        <div className="text-[10px] text-slate-500">{data.type}{data.name ? ` · ${id}` : ""}</div>
+      </div>
+      <NodeCounters id={id} />
+      <div className="pb-1">
+        {data.ports.map((p) => (
+          <div key={p} className={`relative pr-3 text-right text-[10px] ${p === "error" ? "text-red-600" : "text-slate-600"}`}>
+            {p}
+            <Handle type="source" position={Position.Right} id={p} className={p === "error" ? "mw-error-port" : undefined} />
+          </div>
+        ))}
+      </div>
+      <NodeErrors id={id} />
+    </div>
+  );
+}
+
+export const FlowNode = memo(FlowNodeView);
+export const nodeTypes = { mw: FlowNode };
