@@ -45,3 +45,52 @@ class LineProcess:
         assert self.proc.wait(timeout=10) == 0
 
 
+
+
+def build_avr(build: pathlib.Path, framing: str, defines: str) -> pathlib.Path:
+    """The Arduino bridge sketch for the ATmega328P, via firmware-bridges/arduino/Makefile."""
+    tool("avr-g++")
+    subprocess.run(
+        ["make", "-s", "-j2", "-C", str(BRIDGES / "arduino"), f"BUILD={build}",
+         f"FRAMING={framing}", f"DEFINES={defines}", "firmware", "sim"],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    return build / f"bridge-{framing}.elf"
+
+
+def avr_size(elf: pathlib.Path) -> tuple[int, int]:
+    """(flash bytes, static RAM bytes) of an AVR ELF: .text + .data, .data + .bss."""
+    out = subprocess.run([tool("avr-size"), "-A", str(elf)], check=True, capture_output=True,
+                         text=True).stdout
+    sizes = {}
+    for row in out.splitlines():
+        parts = row.split()
+        if len(parts) == 3 and parts[1].isdigit():
+            sizes[parts[0]] = int(parts[1])
+    return sizes[".text"] + sizes[".data"], sizes[".data"] + sizes.get(".bss", 0)
+
+
+class Simavr:
+    """The simavr harness running one firmware; ``pty`` is its UART (one pty per run,
+    so several may run at once)."""
+
+    def __init__(self, harness: pathlib.Path, elf: pathlib.Path, framing: str) -> None:
+        self.framing = framing
+        self.proc = subprocess.Popen(
+            [str(harness), str(elf)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.pty = ""
+        for row in self.proc.stdout:
+            if row.startswith("PTY "):
+                self.pty = row.split()[1]
+                break
+        assert self.pty, f"simavr did not start (rc={self.proc.poll()})"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()

@@ -57,9 +57,9 @@ static const char* recordCustom(const Command& c) {
 
 static const Hooks kHooks = {recordWrite, recordPin, recordPwm, recordCustom};
 
-static void encodeNamed(const char* name, Framing framing) {
-  wire.clear();
-  Bridge<96, 400> bridge(framing, kHooks, "uno-1", "0.1.0");
+template <Framing F>
+static void encodeDevice(const char* name) {
+  Bridge<F, 96, 400> bridge(kHooks, "uno-1", "0.1.0");
   if (!strcmp(name, "hello")) bridge.hello();
   else if (!strcmp(name, "reading")) {
     bridge.setSeq(1);
@@ -76,7 +76,15 @@ static void encodeNamed(const char* name, Framing framing) {
   } else if (!strcmp(name, "ack")) bridge.ack(7);
   else if (!strcmp(name, "error")) { uint32_t id = 8; bridge.error(&id, "bad_pin", "pin 99"); }
   else if (!strcmp(name, "heartbeat")) bridge.heartbeat(120000);
-  else if (!strncmp(name, "cmd_", 4)) {
+  else wire = "unknown";
+}
+
+static void encodeNamed(const char* name, Framing framing) {
+  wire.clear();
+  if (strncmp(name, "cmd_", 4) != 0) {
+    if (framing == Framing::Line) encodeDevice<Framing::Line>(name);
+    else encodeDevice<Framing::Cobs>(name);
+  } else {
     // the host's messages, written with the bare Writer
     uint8_t buf[128];
     Writer w(buf, sizeof buf, framing == Framing::Line);
@@ -99,8 +107,14 @@ static void encodeNamed(const char* name, Framing framing) {
       cobsWrite(buf, w.size() + 2, [](const uint8_t* d, size_t n) { wire += hex(d, n); });
       wire += "00";
     }
-  } else wire = "unknown";
+  }
   printf("%s\n", wire.c_str());
+}
+
+template <Framing F>
+static void pushAll(const std::vector<uint8_t>& data) {
+  Bridge<F, 96, 96> bridge(kHooks, "host", nullptr);
+  for (uint8_t b : data) bridge.push(b);
 }
 
 int main() {
@@ -153,8 +167,9 @@ int main() {
     } else if (!strcmp(argv[0], "B") && argc == 3) {
       wire.clear();
       events.clear();
-      Bridge<96, 96> bridge(framingOf(argv[1]), kHooks, "host", nullptr);
-      for (uint8_t b : unhex(argv[2])) bridge.push(b);
+      std::vector<uint8_t> d = unhex(argv[2]);
+      if (framingOf(argv[1]) == Framing::Line) pushAll<Framing::Line>(d);
+      else pushAll<Framing::Cobs>(d);
       printf("W:%s%s\n", wire.empty() ? "-" : wire.c_str(), events.c_str());
     } else {
       printf("?\n");

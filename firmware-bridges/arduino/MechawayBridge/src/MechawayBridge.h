@@ -6,7 +6,7 @@
 //   Framer<96>  : bytes in, one complete frame or framing error out (line or COBS+CRC)
 //   Writer      : builds one message as JSON or msgpack into a caller's buffer
 //   parseCommand: reads a host command (JSON or msgpack) into a Command
-//   Bridge<96,96>: hello, readings, heartbeats, acks and errors; obeys pin/pwm/custom
+//   Bridge<Framing::Line, 96, 96>: hello, readings, heartbeats, acks and errors; obeys pin/pwm/custom
 #pragma once
 
 #include <stddef.h>
@@ -761,8 +761,8 @@ inline const char* parseCommand(Framing framing, const uint8_t* data, size_t n, 
   return code;
 }
 
-// The device side of the protocol: feed it received bytes, call hello/reading/heartbeat;
-// it answers commands through the hooks. RX: largest frame received, TX: largest sent.
+// What a Bridge does with the outside world (any hook but write may be null: the
+// device then answers that op with bad_op and leaves it out of hello's caps).
 struct Hooks {
   void (*write)(const uint8_t* data, size_t n);
   bool (*pin)(uint8_t pin, uint8_t value);  // false: no such pin (error bad_pin)
@@ -771,14 +771,17 @@ struct Hooks {
   const char* (*custom)(const Command& cmd);
 };
 
-template <size_t RX = 96, size_t TX = 96>
+// The device side of the protocol: feed it received bytes, call hello/reading/heartbeat;
+// it answers commands through the hooks. RX: largest frame received, TX: largest sent.
+// FRAMING is a template argument so that the other framing's code is not linked in.
+template <Framing FRAMING, size_t RX = 96, size_t TX = 96>
 class Bridge {
  public:
-  Bridge(Framing framing, const Hooks& hooks, const char* device, const char* fw)
-      : hooks_(hooks), device_(device), fw_(fw), framer_(framing),
-        w_(tx_, TX, framing == Framing::Line) {}
+  Bridge(const Hooks& hooks, const char* device, const char* fw)
+      : hooks_(hooks), device_(device), fw_(fw), framer_(FRAMING),
+        w_(tx_, TX, FRAMING == Framing::Line) {}
 
-  Framing framing() const { return framer_.framing(); }
+  static constexpr Framing framing() { return FRAMING; }
   // True once a valid command arrived (hello need not be repeated any more).
   bool heard() const { return heard_; }
   uint32_t framesBad() const { return bad_; }
