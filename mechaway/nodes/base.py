@@ -1,8 +1,16 @@
 """The node contract every built-in and plugin node type follows.
 
-A node type is a ``Node`` subclass with a ``Params`` struct (typed, defaulted, strict) and a
-``@register_node("SomethingNode")`` decorator. The struct is the validator, the JSON Schema
-and the documentation at once.
+A node type is a ``Node`` subclass typed by its params struct (typed, defaulted, strict,
+every field described with ``msgspec.Meta``) and a ``@register_node("SomethingNode")``
+decorator. The struct is the validator, the JSON Schema and the documentation at once::
+
+    class ScaleParams(NodeParams):
+        factor: Annotated[float, msgspec.Meta(description="multiply the payload by this")] = 1.0
+
+    @register_node("ScaleNode")
+    class ScaleNode(Node[ScaleParams]):  # ``Params`` is ScaleParams; self.params is typed
+        def process(self, msg: Message) -> Result:
+            return {**msg, "payload": msg["payload"] * self.params.factor}
 
 Kinds:
 - ``source``: has no input; produces messages from a task or timer via ``self.emit``.
@@ -18,12 +26,16 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, Protocol, get_args
 
 import msgspec
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeVar
+
     from mechaway.nodes.context import NodeContext
+else:
+    from typing import TypeVar
 
 Message = dict[str, Any]
 Result = Message | list[tuple[str, Message]] | None
@@ -63,7 +75,15 @@ class NodeStats:
 
 
 class NodeParams(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Base for node params: unknown keys are errors, every field is keyword-only."""
+    """Base for node params: unknown keys are errors, every field is keyword-only.
+
+    Bounds a schema can state go in the field's ``msgspec.Meta`` (``ge=``, ``min_length=``),
+    where the JSON Schema, the docs and an editor see them; ``__post_init__`` keeps only
+    rules across fields (and says so in their descriptions), raising ``ValueError``.
+    """
+
+    def __post_init__(self) -> None:
+        """Cross-field checks (none here); subclasses call ``super().__post_init__()``."""
 
 
 class NoParams(NodeParams):
@@ -80,12 +100,16 @@ class SinkParams(NodeParams):
     e.g. an MQTT QoS 1 PUBACK is delayed); the drop policies count every drop.
     """
 
-    queue_size: int = msgspec.field(default=1000)
-    overflow: Overflow = "drop_oldest"
-
-    def __post_init__(self) -> None:
-        if self.queue_size < 1:
-            raise ValueError("queue_size must be >= 1")
+    queue_size: Annotated[
+        int, msgspec.Meta(ge=1, description="messages waiting for the sink's writer, at most")
+    ] = 1000
+    overflow: Annotated[
+        Overflow,
+        msgspec.Meta(
+            description="when the queue is full: block (the flow's sources wait for room), "
+            "drop_oldest or drop_new (every drop counted)"
+        ),
+    ] = "drop_oldest"
 
 
 async def _no_wait() -> None:
@@ -100,8 +124,21 @@ def _unbound_emit(msg: Message, port: str = "out") -> None:
     raise RuntimeError("node is not deployed: emit is not bound")
 
 
-class Node:
-    """Base class of every node type. Subclasses set ``Params`` and override what they need."""
+# The params type of a node: ``Node[RateLimitParams]`` types ``self.params``. A bare ``Node``
+# means ``Node[Any]`` (the default, seen by type checkers only: ``typing.TypeVar`` takes
+# ``default=`` from Python 3.13 on).
+if TYPE_CHECKING:
+    P = TypeVar("P", bound=NodeParams, default=Any)
+else:
+    P = TypeVar("P", bound=NodeParams)
+
+
+class Node(Generic[P]):
+    """Base class of every node type: ``class XNode(Node[XParams])``, overriding what it needs.
+
+    ``Params`` is the params struct: taken from the type argument (``Node[XParams]``), or
+    set in the class body (then it must be a subclass of the type argument, if any).
+    """
 
     type_name: ClassVar[str] = ""
     Params: ClassVar[type[NodeParams]] = NoParams
@@ -110,7 +147,23 @@ class Node:
     #: True when the node keeps state worth persisting (``persist: true`` in its params)
     stateful: ClassVar[bool] = False
 
-    def __init__(self, node_id: str, params: Any, ctx: NodeContext) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            args = get_args(base)
+            arg = args[0] if args else None
+            if not (isinstance(arg, type) and issubclass(arg, NodeParams)):
+                continue  # a bare base, or a type variable (a generic intermediate class)
+            declared = cls.__dict__.get("Params")
+            if declared is None:
+                cls.Params = arg
+            elif not (isinstance(declared, type) and issubclass(declared, arg)):
+                raise TypeError(
+                    f"{cls.__name__}: Params = {declared!r} is not a {arg.__name__}, its "
+                    "type argument"
+                )
+
+    def __init__(self, node_id: str, params: P, ctx: NodeContext) -> None:
         self.id = node_id
         self.params = params
         self.ctx = ctx
@@ -125,14 +178,20 @@ class Node:
 
     # -- declared shape -------------------------------------------------------------------
     @classmethod
-    def output_ports(cls, params: Any) -> tuple[str, ...]:
+    def output_ports(cls, params: P) -> tuple[str, ...]:
         """Ports this node can emit on with these params (``error`` is always allowed)."""
         return cls.ports
 
     @classmethod
-    def check(cls, params: Any) -> list[str]:
+    def check(cls, params: P) -> list[str]:
         """Deploy-time checks beyond the schema (e.g. compile a script). Return problems."""
         return []
+
+    @classmethod
+    def claims(cls, params: P) -> tuple[str, ...]:
+        """Hardware this node holds alone while it runs (``"GPIO pin 17"``): two running
+        nodes of one flow claiming the same is a validation error naming both."""
+        return ()
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -163,13 +222,13 @@ class Node:
         return None
 
 
-class SourceNode(Node):
+class SourceNode(Node[P]):
     """A node with no input that emits messages from a task or timer."""
 
     kind: ClassVar[Literal["source", "pure", "sink"]] = "source"
 
 
-class SinkNode(Node):
+class SinkNode(Node[P]):
     """A node that does I/O behind a bounded queue (params derive from ``SinkParams``)."""
 
     kind: ClassVar[Literal["source", "pure", "sink"]] = "sink"

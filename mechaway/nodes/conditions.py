@@ -5,9 +5,10 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import Meta
 
 from mechaway.nodes.base import Message, get_path, split_path
 
@@ -36,10 +37,24 @@ _MISSING = object()
 class Condition(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``property`` (a dotted path into the message) compared by ``op`` with ``value``."""
 
-    property: str = "payload"
-    op: Op
-    value: Any = None
-    value2: Any = None
+    property: Annotated[
+        str, Meta(description="dotted path into the message, e.g. payload.temp")
+    ] = "payload"
+    op: Annotated[
+        Op,
+        Meta(
+            description="eq, neq, lt, lte, gt, gte (numbers), between (value..value2), "
+            "contains, regex, true, false, null, nnull, exists; else always matches"
+        ),
+    ]
+    value: Annotated[
+        Any,
+        Meta(
+            description="compared with the property: a number for lt..gte and between, a "
+            "string for regex (checked at deploy)"
+        ),
+    ] = None
+    value2: Annotated[Any, Meta(description="the other end of a between range")] = None
 
     def __post_init__(self) -> None:
         if self.op in ("lt", "lte", "gt", "gte") and not _is_num(self.value):

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
+
+from msgspec import Meta
 
 from mechaway.nodes.base import NodeParams, SourceNode, now
+from mechaway.nodes.context import NodeContext
 from mechaway.nodes.registry import register_node
 from mechaway.tasks import OwnedTask
 
@@ -58,39 +61,48 @@ class CronPlan:
 
 
 class InjectParams(NodeParams):
-    #: seconds between messages
-    interval: float | None = None
-    #: cron expression (5 fields, or 6 with seconds), e.g. ``*/5 * * * *``
-    cron: str | None = None
-    #: send one message at start (after ``once_delay`` seconds)
-    once: bool = False
-    once_delay: float = 0.0
-    #: payload to send; ``null`` sends the current epoch time
-    payload: Any = None
-    topic: str = ""
-    #: stop after this many messages (0: never)
-    repeat: int = 0
+    interval: Annotated[
+        Annotated[float, Meta(gt=0)] | None,
+        Meta(
+            description="seconds between messages (elapsed time; not with cron; at least one "
+            "of interval, cron, once)"
+        ),
+    ] = None
+    cron: Annotated[
+        str | None,
+        Meta(
+            description="cron expression (5 fields, or 6 with seconds), e.g. */5 * * * *, on "
+            "the wall clock (not with interval; checked at deploy)"
+        ),
+    ] = None
+    once: Annotated[
+        bool, Meta(description="send one message at start, after once_delay seconds")
+    ] = False
+    once_delay: Annotated[
+        float, Meta(ge=0, description="seconds from start to the `once` message")
+    ] = 0.0
+    payload: Annotated[
+        Any, Meta(description="the payload sent; null sends the current epoch time")
+    ] = None
+    topic: Annotated[str, Meta(description="the topic of the messages sent")] = ""
+    repeat: Annotated[int, Meta(ge=0, description="stop after this many messages (0: never)")] = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.interval is None and self.cron is None and not self.once:
             raise ValueError("set at least one of interval, cron, once")
-        if self.interval is not None and self.interval <= 0:
-            raise ValueError("interval must be > 0")
         if self.interval is not None and self.cron is not None:
             raise ValueError("set interval or cron, not both")
-        if self.once_delay < 0 or self.repeat < 0:
-            raise ValueError("once_delay and repeat must be >= 0")
 
 
 @register_node("InjectNode")
-class InjectNode(SourceNode):
+class InjectNode(SourceNode[InjectParams]):
     """Emit ``{payload, topic, ts}`` on an interval, a cron schedule, or once at start."""
 
-    Params = InjectParams
     ports: ClassVar[tuple[str, ...]] = ("out",)
 
     @classmethod
-    def check(cls, params: Any) -> list[str]:
+    def check(cls, params: InjectParams) -> list[str]:
         if params.cron is not None:
             from croniter import croniter
 
@@ -102,7 +114,7 @@ class InjectNode(SourceNode):
                 return [f"cron: {params.cron!r} never fires (no such date)"]
         return []
 
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: InjectParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         self._task = OwnedTask(f"mechaway.inject[{ctx.flow_id}.{node_id}]")
         self.sent = 0

@@ -9,12 +9,17 @@ lupa and wasmtime are imported when a flow uses them, never before.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
+from msgspec import Meta
 
-from mechaway.nodes.base import Message, Node, NodeParams, Result
+from mechaway.nodes.base import Message, Node, NodeParams, P, Result
+from mechaway.nodes.context import NodeContext
 from mechaway.nodes.registry import register_node
+
+if TYPE_CHECKING:
+    from mechaway.logic.wasm import WasmSandbox
 
 
 def _check_ports(ports: list[str]) -> None:
@@ -23,35 +28,56 @@ def _check_ports(ports: list[str]) -> None:
             raise ValueError(f"bad port name {p!r}")
 
 
+_PORTS = Meta(
+    description="extra output ports the code may return pairs for (out always exists; "
+    "names of letters, digits, _ and -, not error)"
+)
+
+
 class FunLogicParams(NodeParams):
-    #: the script: sees ``msg``, ``data`` (= msg.payload) and ``state``; returns a message,
-    #: a list of ``{port, message}`` pairs, or nil to drop
-    script: str
-    #: ``lua`` (and the seed's ``mlua``): Lua 5.4 through lupa
-    engine: Literal["lua", "mlua"] = "lua"
-    #: extra output ports the script may return pairs for (``out`` always exists)
-    ports: list[str] = msgspec.field(default_factory=list)
-    #: the call runs on the event loop: the top bounds keep one runaway script from
-    #: stalling every flow for more than about a second
-    instruction_budget: Annotated[int, msgspec.Meta(ge=1000, le=1_000_000_000)] = 1_000_000
-    wall_time_ms: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 100.0
-    max_memory_kb: Annotated[int, msgspec.Meta(ge=256, le=256 * 1024)] = 8 * 1024
-    #: keep the ``state`` table across restarts and redeploys (node context)
-    persist: bool = False
+    script: Annotated[
+        str,
+        Meta(
+            description="Lua 5.4: sees msg, data (= msg.payload) and state; returns a message, "
+            "a list of {port, message} pairs, or nil to drop (compiled at deploy)"
+        ),
+    ]
+    engine: Annotated[
+        Literal["lua", "mlua"],
+        Meta(description="lua (and the seed's mlua): Lua 5.4 through lupa"),
+    ] = "lua"
+    ports: Annotated[list[str], _PORTS] = msgspec.field(default_factory=list)
+    # the call runs on the event loop: the top bounds keep one runaway script from stalling
+    # every flow for more than about a second
+    instruction_budget: Annotated[
+        int,
+        Meta(ge=1000, le=1_000_000_000, description="Lua VM instructions per call, at most"),
+    ] = 1_000_000
+    wall_time_ms: Annotated[
+        float, Meta(gt=0, le=1000, description="wall time per call, at most (milliseconds)")
+    ] = 100.0
+    max_memory_kb: Annotated[
+        int,
+        Meta(ge=256, le=256 * 1024, description="memory of the script's data, at most (KiB)"),
+    ] = 8 * 1024
+    persist: Annotated[
+        bool,
+        Meta(description="keep the state table across restarts and redeploys (node context)"),
+    ] = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_ports(self.ports)
 
 
 @register_node("FunLogicNode")
-class FunLogicNode(Node):
+class FunLogicNode(Node[FunLogicParams]):
     """Run a Lua 5.4 script per message in a sandbox (no os/io/require/load/debug)."""
 
-    Params = FunLogicParams
     stateful: ClassVar[bool] = True
 
     @classmethod
-    def output_ports(cls, params: Any) -> tuple[str, ...]:
+    def output_ports(cls, params: FunLogicParams) -> tuple[str, ...]:
         return ("out", *params.ports)
 
     #: sandboxes compiled by ``check`` (validation), reused by the deploy that follows so a
@@ -59,7 +85,7 @@ class FunLogicNode(Node):
     _compiled: ClassVar[dict[int, tuple[Any, Any]]] = {}
 
     @classmethod
-    def check(cls, params: Any) -> list[str]:
+    def check(cls, params: FunLogicParams) -> list[str]:
         from mechaway.logic.lua import LuaCompileError
 
         try:
@@ -72,7 +98,7 @@ class FunLogicNode(Node):
         return []
 
     @staticmethod
-    def _sandbox(params: Any, name: str) -> Any:
+    def _sandbox(params: FunLogicParams, name: str) -> Any:
         from mechaway.logic.lua import LuaSandbox
 
         return LuaSandbox(
@@ -83,7 +109,7 @@ class FunLogicNode(Node):
             wall_time_s=params.wall_time_ms / 1000.0,
         )
 
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: FunLogicParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         cached = self._compiled.pop(id(params), None)
         if cached is not None and cached[0] is params:
@@ -105,19 +131,29 @@ class FunLogicNode(Node):
 
 
 class WASMParams(NodeParams):
-    #: a .wasm file: absolute, or relative to ``<data_dir>/plugins``
-    module: str
-    #: wire format of messages across the ABI
-    codec: Literal["msgpack", "json"] = "msgpack"
-    #: passed to the module's optional ``init`` export
-    init: dict[str, Any] = msgspec.field(default_factory=dict)
-    ports: list[str] = msgspec.field(default_factory=list)
-    #: instructions per call, roughly; the top bound keeps one call to about a second of
-    #: the event loop (a runaway module must not stall every flow for minutes)
-    fuel: Annotated[int, msgspec.Meta(ge=1000, le=1_000_000_000)] = 10_000_000
-    max_memory_kb: Annotated[int, msgspec.Meta(ge=64, le=2 * 1024 * 1024)] = 16 * 1024
+    module: Annotated[
+        str, Meta(description="a .wasm file: absolute, or relative to <data_dir>/plugins")
+    ]
+    codec: Annotated[
+        Literal["msgpack", "json"], Meta(description="wire format of messages across the ABI")
+    ] = "msgpack"
+    init: Annotated[
+        dict[str, Any], Meta(description="passed to the module's optional init export")
+    ] = msgspec.field(default_factory=dict)
+    ports: Annotated[list[str], _PORTS] = msgspec.field(default_factory=list)
+    # the top bound keeps one call to about a second of the event loop (a runaway module
+    # must not stall every flow for minutes)
+    fuel: Annotated[
+        int,
+        Meta(ge=1000, le=1_000_000_000, description="instructions per call, roughly, at most"),
+    ] = 10_000_000
+    max_memory_kb: Annotated[
+        int,
+        Meta(ge=64, le=2 * 1024 * 1024, description="the module's linear memory, at most (KiB)"),
+    ] = 16 * 1024
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_ports(self.ports)
 
 
@@ -127,17 +163,29 @@ def resolve_module(module: str, data_dir: Path) -> Path:
     return p if p.is_absolute() else data_dir / "plugins" / p
 
 
+class WasmCallNode(Node[P]):
+    """A node whose ``process`` is a WASM sandbox's call: ``WASMNode`` and the node types of
+    WASM node packs (``mechaway.nodes.plugins``). Subclasses create ``self._wasm``."""
+
+    _wasm: WasmSandbox
+
+    def process(self, msg: Message) -> Result:  # replaced per instance by the sandbox call
+        result: Result = self._wasm.call(msg)
+        return result
+
+    async def stop(self) -> None:
+        self._wasm.close()
+
+
 @register_node("WASMNode")
-class WASMNode(Node):
+class WASMNode(WasmCallNode[WASMParams]):
     """Run a WebAssembly module's ``process`` per message (fuel and memory capped, no WASI)."""
 
-    Params = WASMParams
-
     @classmethod
-    def output_ports(cls, params: Any) -> tuple[str, ...]:
+    def output_ports(cls, params: WASMParams) -> tuple[str, ...]:
         return ("out", *params.ports)
 
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: WASMParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         from mechaway.logic.wasm import WasmSandbox
 
@@ -152,10 +200,3 @@ class WASMNode(Node):
             cache_dir=data_dir / "wasm-cache",
         )
         self.process = self._wasm.call  # type: ignore[method-assign]
-
-    def process(self, msg: Message) -> Result:  # replaced per instance by the sandbox call
-        result: Result = self._wasm.call(msg)
-        return result
-
-    async def stop(self) -> None:
-        self._wasm.close()

@@ -6,8 +6,11 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
+from msgspec import Meta
+
+from mechaway.codec import DECODERS, ENCODERS, LENIENT_ENCODERS, Codec, describe
 from mechaway.errors import StoreUnavailable
 from mechaway.nodes.base import (
     Message,
@@ -21,19 +24,38 @@ from mechaway.nodes.base import (
     receipt,
     split_path,
 )
-from mechaway.nodes.codec import DECODERS, ENCODERS, LENIENT_ENCODERS, Codec, describe
+from mechaway.nodes.context import NodeContext
 from mechaway.nodes.registry import register_node
 
 _TEMPLATE_RE = re.compile(r"\{([^{}]+)\}")
 
 
+_CONNECTION = Meta(
+    description="name of the [mqtt.NAME] connection (default: 127.0.0.1:1883 unless configured)"
+)
+_QOS = Literal[0, 1, 2]
+
+
 class MQTTInParams(NodeParams):
-    #: topic filter; ``+`` and ``#`` wildcards; ``$share/group/filter`` for shared subscriptions
-    topic: str
-    #: name of the ``[mqtt.NAME]`` connection (``default``: 127.0.0.1:1883 unless configured)
-    connection: str = "default"
-    qos: Literal[0, 1, 2] = 0
-    decode: Codec = "json"
+    topic: Annotated[
+        str,
+        Meta(
+            description="topic filter: + and # wildcards, $share/GROUP/FILTER for a shared "
+            "subscription (checked by the MQTT driver's rules)"
+        ),
+    ]
+    connection: Annotated[str, _CONNECTION] = "default"
+    qos: Annotated[
+        _QOS,
+        Meta(
+            description="subscription QoS; with 1 or 2 the PUBACK waits until what the flow "
+            "made durable of the message is on disk"
+        ),
+    ] = 0
+    decode: Annotated[
+        Codec,
+        Meta(description="how payload bytes are decoded: json, msgpack, text or bytes (base64)"),
+    ] = "json"
 
     def __post_init__(self) -> None:
         # the driver's own rules; imported here so daemons without MQTT flows never load it
@@ -43,7 +65,7 @@ class MQTTInParams(NodeParams):
 
 
 @register_node("MQTTInNode")
-class MQTTInNode(SourceNode):
+class MQTTInNode(SourceNode[MQTTInParams]):
     """Subscribe to a topic filter; each message becomes ``{payload, topic, qos, retain, ts}``.
 
     Payloads that do not decode are counted (``decode_errors``), logged once per burst and
@@ -53,7 +75,7 @@ class MQTTInNode(SourceNode):
     Params = MQTTInParams
     ports: ClassVar[tuple[str, ...]] = ("out",)
 
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: MQTTInParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         self._decode = DECODERS[params.decode]
         self._sub: Any = None
@@ -151,24 +173,39 @@ def compile_topic(template: str) -> Callable[[Message], str]:
 
 
 class MQTTOutParams(NodeParams):
-    connection: str = "default"
-    #: topic or template with message fields: ``"out/{topic}"``, ``"site/{payload.room}"``
-    topic: str = "{topic}"
-    qos: Literal[0, 1, 2] = 0
-    retain: bool = False
-    encode: Codec = "json"
-    #: what to publish: a dotted path into the message (default the payload)
-    property: str = "payload"
+    connection: Annotated[str, _CONNECTION] = "default"
+    topic: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            description="topic, or a template with message fields: out/{topic}, "
+            "site/{payload.room} (no + or #)",
+        ),
+    ] = "{topic}"
+    qos: Annotated[
+        _QOS,
+        Meta(
+            description="publish QoS; 1 and 2 are spooled durably while the broker is away, "
+            "0 is dropped (counted)"
+        ),
+    ] = 0
+    retain: Annotated[bool, Meta(description="publish with the retain flag")] = False
+    encode: Annotated[
+        Codec,
+        Meta(description="how the value is encoded: json, msgpack, text or bytes (base64 text)"),
+    ] = "json"
+    property: Annotated[
+        str, Meta(description='what is published: a dotted path into the message, "" for all')
+    ] = "payload"
 
     def __post_init__(self) -> None:
-        if not self.topic:
-            raise ValueError("topic must not be empty")
+        super().__post_init__()
         if "+" in _TEMPLATE_RE.sub("", self.topic) or "#" in _TEMPLATE_RE.sub("", self.topic):
             raise ValueError("a publish topic cannot contain + or #")
 
 
 @register_node("MQTTOutNode")
-class MQTTOutNode(Node):
+class MQTTOutNode(Node[MQTTOutParams]):
     """Publish each message (its ``property``, encoded) to a topic rendered from a template.
 
     A publish is a non-blocking hand-off to the connection, which owns the bounded
@@ -186,7 +223,7 @@ class MQTTOutNode(Node):
     Params = MQTTOutParams
     ports: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: MQTTOutParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         self._topic = compile_topic(params.topic)
         #: a topic without fields, checked by the params: no rendering, no check per message

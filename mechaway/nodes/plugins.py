@@ -1,8 +1,7 @@
-"""Third-party node types from installed packages (entry point group ``mechaway.nodes``).
+"""Third-party node types: WASM node packs dropped into ``<data_dir>/plugins``.
 
-An entry point names a module (importing it registers its types with ``register_node``)
-or a callable (called with no arguments). A plugin that fails to import is reported and
-skipped: it never stops the daemon or the other node types.
+Entry-point plugins (installed packages, group ``mechaway.nodes``) are discovered by the
+registry (``mechaway.nodes.registry.load_entry_points``, re-exported here).
 """
 
 from __future__ import annotations
@@ -18,60 +17,26 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import msgspec
 import orjson
 
-from mechaway.nodes.base import Node, NodeParams
+from mechaway.errors import located
+from mechaway.nodes.base import NodeParams
 from mechaway.nodes.registry import (
+    GROUP,
     PluginReport,
     get_node_type,
-    node_types,
+    load_entry_points,
     register_node,
+    reports,
     unregister_node,
 )
 from mechaway.nodes.registry import origin as registry_origin
 
 if TYPE_CHECKING:
     from mechaway.logic.wasm import CompiledModule
+    from mechaway.nodes.context import NodeContext
 
 log = logging.getLogger("mechaway.plugins")
 
-GROUP = "mechaway.nodes"
-_reports: dict[str, PluginReport] = {}
-_scanned = False
-
-
-def load_entry_points(*, rescan: bool = False) -> list[PluginReport]:
-    """Load every not-yet-loaded entry point of the group (scanned once per process unless
-    ``rescan``); return one report each."""
-    global _scanned
-    if _scanned and not rescan:
-        return list(_reports.values())
-    _scanned = True
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=GROUP):
-        key = f"{ep.name}={ep.value}"
-        if key in _reports:
-            continue
-        before = set(node_types())
-        try:
-            obj = ep.load()
-            if callable(obj) and not isinstance(obj, type):
-                obj()
-        except (Exception, SystemExit) as err:  # sys.exit() in a plugin must not end the daemon
-            report = PluginReport(
-                ep.name, f"entry point {ep.value}", (), f"{type(err).__name__}: {err}"
-            )
-            log.error("plugin %s (%s) skipped: %s", ep.name, ep.value, report.error)
-        else:
-            new = tuple(sorted(set(node_types()) - before))
-            report = PluginReport(ep.name, f"entry point {ep.value}", new)
-            log.info("plugin %s: node types %s", ep.name, ", ".join(new) or "(none)")
-        _reports[key] = report
-    return list(_reports.values())
-
-
-def reports() -> list[PluginReport]:
-    """What the entry-point scan found so far (no scan)."""
-    return list(_reports.values())
+__all__ = ["GROUP", "ManifestError", "PackWatcher", "load_entry_points", "load_pack", "reports"]
 
 
 # -- WASM node packs ---------------------------------------------------------------------------
@@ -314,7 +279,7 @@ def _read_manifest(manifest_path: Path, root: Path) -> _Manifest:
     try:
         return msgspec.convert(raw, _Manifest)
     except msgspec.ValidationError as err:
-        raise ManifestError(f"manifest: {err}") from err
+        raise ManifestError(located(err, "manifest")) from err
 
 
 def load_pack(manifest_path: Path, cache_dir: Path | None = None) -> str:
@@ -324,7 +289,7 @@ def load_pack(manifest_path: Path, cache_dir: Path | None = None) -> str:
     loop. Raises ManifestError or WasmLoadError, whose text names the file and the key.
     """
     from mechaway.logic.wasm import load_module
-    from mechaway.nodes.logic import WASMNode, _check_ports
+    from mechaway.nodes.logic import WasmCallNode, _check_ports
 
     root = manifest_path.parent
     manifest = _read_manifest(manifest_path, root)
@@ -354,16 +319,16 @@ def load_pack(manifest_path: Path, cache_dir: Path | None = None) -> str:
     ports, codec = tuple(manifest.ports), manifest.codec
     fuel, memory = manifest.fuel, manifest.max_memory_kb * 1024
 
-    class PackNode(WASMNode):
+    class PackNode(WasmCallNode[NodeParams]):
         Params = params_cls
         compiled: CompiledModule = compiled_module
 
         @classmethod
-        def output_ports(cls, params: Any) -> tuple[str, ...]:
+        def output_ports(cls, params: NodeParams) -> tuple[str, ...]:
             return ("out", *ports)
 
-        def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
-            Node.__init__(self, node_id, params, ctx)
+        def __init__(self, node_id: str, params: NodeParams, ctx: NodeContext) -> None:
+            super().__init__(node_id, params, ctx)
             from mechaway.logic.wasm import WasmSandbox
 
             self._wasm = WasmSandbox(

@@ -1,4 +1,11 @@
-"""Node types registered by name: built-ins, entry-point plugins and WASM node packs."""
+"""Node types registered by name: built-ins, entry-point plugins and WASM node packs.
+
+Entry-point plugins (group ``mechaway.nodes``) are discovered here: an entry point names a
+module (importing it registers its types with ``register_node``) or a callable (called with
+no arguments). A plugin that fails to import is reported and skipped: it never stops the
+daemon or the other node types. WASM node packs are loaded by ``mechaway.nodes.plugins``,
+which registers through this module (it never imports that one: no cycle).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ from mechaway.errors import MechawayError
 from mechaway.nodes.base import Node
 
 log = logging.getLogger("mechaway.nodes")
+plugin_log = logging.getLogger("mechaway.plugins")
 
 N = TypeVar("N", bound=type[Node])
 
@@ -29,6 +37,7 @@ BUILTIN_MODULES = (
     "mechaway.nodes.mqtt",
     "mechaway.nodes.logic",
     "mechaway.nodes.storage",
+    "mechaway.nodes.gpio",
 )
 
 
@@ -76,9 +85,7 @@ def _ensure_builtins() -> None:
 def _load_plugins() -> None:
     """Discover entry-point plugins (once; importlib.metadata costs ~2.4 MB of RSS, so the
     scan waits until a flow names a type that is not built in, or types are listed)."""
-    from mechaway.nodes import plugins
-
-    plugins.load_entry_points()
+    load_entry_points()
 
 
 def get_node_type(name: str) -> type[Node] | None:
@@ -123,3 +130,45 @@ class PluginReport:
     source: str
     types: tuple[str, ...]
     error: str = ""
+
+
+GROUP = "mechaway.nodes"
+_reports: dict[str, PluginReport] = {}
+_scanned = False
+
+
+def load_entry_points(*, rescan: bool = False) -> list[PluginReport]:
+    """Load every not-yet-loaded entry point of the group (scanned once per process unless
+    ``rescan``); return one report each."""
+    global _scanned
+    if _scanned and not rescan:
+        return list(_reports.values())
+    _scanned = True
+    from importlib.metadata import entry_points
+
+    _ensure_builtins()
+    for ep in entry_points(group=GROUP):
+        key = f"{ep.name}={ep.value}"
+        if key in _reports:
+            continue
+        before = set(_TYPES)
+        try:
+            obj = ep.load()
+            if callable(obj) and not isinstance(obj, type):
+                obj()
+        except (Exception, SystemExit) as err:  # sys.exit() in a plugin must not end the daemon
+            report = PluginReport(
+                ep.name, f"entry point {ep.value}", (), f"{type(err).__name__}: {err}"
+            )
+            plugin_log.error("plugin %s (%s) skipped: %s", ep.name, ep.value, report.error)
+        else:
+            new = tuple(sorted(set(_TYPES) - before))
+            report = PluginReport(ep.name, f"entry point {ep.value}", new)
+            plugin_log.info("plugin %s: node types %s", ep.name, ", ".join(new) or "(none)")
+        _reports[key] = report
+    return list(_reports.values())
+
+
+def reports() -> list[PluginReport]:
+    """What the entry-point scan found so far (no scan)."""
+    return list(_reports.values())

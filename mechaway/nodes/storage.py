@@ -15,7 +15,9 @@ import contextlib
 import functools
 import math
 import time
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+
+from msgspec import Meta
 
 from mechaway.errors import StoreError, error_text
 from mechaway.nodes.base import (
@@ -29,6 +31,7 @@ from mechaway.nodes.base import (
     receipt,
     split_path,
 )
+from mechaway.nodes.context import NodeContext
 from mechaway.nodes.registry import register_node
 from mechaway.store.encode import show
 from mechaway.store.kv import KVStore
@@ -39,7 +42,7 @@ from mechaway.store.vectors import VectorStore
 _MISSING = object()
 
 
-def _db(node: Node) -> Any:
+def _db(node: Node[Any]) -> Any:
     db = node.ctx.services.store
     if db is None:
         raise StoreError(f"{node.type_name} needs the daemon's store (none is configured)")
@@ -88,7 +91,7 @@ def _key(msg: Message, static: str | None, path: tuple[str | int, ...], where: s
 class _Inflight:
     """Writes a sink submitted but whose commit it has not seen: bounded, failures counted."""
 
-    def __init__(self, node: Node, limit: int) -> None:
+    def __init__(self, node: Node[Any], limit: int) -> None:
         self.node = node
         self.limit = limit
         self._live: set[asyncio.Future[Any]] = set()
@@ -121,10 +124,24 @@ class _Inflight:
             await asyncio.gather(*list(self._live), return_exceptions=True)
 
 
-class _StoreSink(SinkNode):
+class StoreSinkParams(SinkParams):
+    max_inflight: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="writes handed to the store and not yet committed, at most (then the "
+            "sink waits)",
+        ),
+    ] = 10_000
+
+
+SP = TypeVar("SP", bound=StoreSinkParams)
+
+
+class _StoreSink(SinkNode[SP]):
     """A sink that hands writes to the store without waiting for each commit."""
 
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: SP, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         self._inflight = _Inflight(self, params.max_inflight)
 
@@ -132,43 +149,30 @@ class _StoreSink(SinkNode):
         await self._inflight.drain()
 
 
-class StoreSinkParams(SinkParams):
-    #: writes handed to the store and not yet committed, at most (then the sink waits)
-    max_inflight: int = 10_000
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.max_inflight < 1:
-            raise ValueError("max_inflight must be >= 1")
+_NAMESPACE = Meta(description="key namespace (empty: the flow id)")
+_KEY = Meta(description="a fixed key; when unset the key is read from key_property")
+_KEY_PROPERTY = Meta(description="dotted path of the key in the message (when key is unset)")
 
 
 # -- key-value ---------------------------------------------------------------------------------
 class KVSetParams(StoreSinkParams):
-    #: key namespace (default: the flow id)
-    namespace: str = ""
-    #: a fixed key; when unset the key is read from ``key_property``
-    key: str | None = None
-    key_property: str = "topic"
-    #: what to store (``null`` deletes the key)
-    property: str = "payload"
-    #: seconds until the key expires (``null``: never)
-    ttl: float | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.ttl is not None and not self.ttl > 0:
-            raise ValueError("ttl must be > 0")
-        if self.key == "":
-            raise ValueError("key must not be empty")
+    namespace: Annotated[str, _NAMESPACE] = ""
+    key: Annotated[Annotated[str, Meta(min_length=1)] | None, _KEY] = None
+    key_property: Annotated[str, _KEY_PROPERTY] = "topic"
+    property: Annotated[
+        str, Meta(description="dotted path of what is stored (a null value deletes the key)")
+    ] = "payload"
+    ttl: Annotated[
+        Annotated[float, Meta(gt=0)] | None,
+        Meta(description="seconds until the key expires (null: never)"),
+    ] = None
 
 
 @register_node("KVSetNode")
-class KVSetNode(_StoreSink):
+class KVSetNode(_StoreSink[KVSetParams]):
     """Store a message property under a namespaced key, with an optional time to live."""
 
-    Params = KVSetParams
-
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: KVSetParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         self._ns = params.namespace or ctx.flow_id
         self._key_path = split_path(params.key_property)
@@ -193,25 +197,22 @@ class KVSetNode(_StoreSink):
 
 
 class KVGetParams(NodeParams):
-    namespace: str = ""
-    key: str | None = None
-    key_property: str = "topic"
-    #: where the value goes in the message passed on
-    output: str = "payload"
-
-    def __post_init__(self) -> None:
-        if self.key == "":
-            raise ValueError("key must not be empty")
+    namespace: Annotated[str, _NAMESPACE] = ""
+    key: Annotated[Annotated[str, Meta(min_length=1)] | None, _KEY] = None
+    key_property: Annotated[str, _KEY_PROPERTY] = "topic"
+    output: Annotated[
+        str,
+        Meta(description="where the value goes in the message passed on (object keys only)"),
+    ] = "payload"
 
 
 @register_node("KVGetNode")
-class KVGetNode(Node):
+class KVGetNode(Node[KVGetParams]):
     """Look a key up: the value goes to ``output`` on ``out``; absent/expired: ``missing``."""
 
-    Params = KVGetParams
     ports: ClassVar[tuple[str, ...]] = ("out", "missing")
 
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: KVGetParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         self._ns = params.namespace or ctx.flow_id
         self._key_path = split_path(params.key_property)
@@ -232,31 +233,28 @@ class KVGetNode(Node):
 
 # -- telemetry series --------------------------------------------------------------------------
 class StoreParams(StoreSinkParams):
-    #: series name; when unset the message topic names the series
-    series: str | None = None
-    property: str = "payload"
-    #: keep samples this many seconds (``null``: the store default, 7 days)
-    max_age_s: float | None = None
-    #: keep at most this many accounted bytes (``null``: the store default, 16 MiB)
-    max_bytes: int | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.max_age_s is not None and not self.max_age_s > 0:
-            raise ValueError("max_age_s must be > 0")
-        if self.max_bytes is not None and self.max_bytes < 1024:
-            raise ValueError("max_bytes must be >= 1024")
-        if self.series == "":
-            raise ValueError("series must not be empty")
+    series: Annotated[
+        Annotated[str, Meta(min_length=1)] | None,
+        Meta(description="series name; when unset the message topic names the series"),
+    ] = None
+    property: Annotated[str, Meta(description="dotted path of the value stored")] = "payload"
+    max_age_s: Annotated[
+        Annotated[float, Meta(gt=0)] | None,
+        Meta(description="keep samples this many seconds (null: the store default, 7 days)"),
+    ] = None
+    max_bytes: Annotated[
+        Annotated[int, Meta(ge=1024)] | None,
+        Meta(
+            description="keep at most this many accounted bytes (null: the store default, 16 MiB)"
+        ),
+    ] = None
 
 
 @register_node("StoreNode")
-class StoreNode(_StoreSink):
+class StoreNode(_StoreSink[StoreParams]):
     """Append a message property to a named telemetry series (``GET /api/v1/series/NAME``)."""
 
-    Params = StoreParams
-
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: StoreParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         self._path = split_path(params.property)
         self._series: SeriesStore | None = None
@@ -282,32 +280,36 @@ class StoreNode(_StoreSink):
 
 
 # -- vectors -----------------------------------------------------------------------------------
-class VectorStoreParams(StoreSinkParams, kw_only=True):
-    collection: str
-    #: the vector (a list of numbers)
-    property: str = "payload"
-    #: where a stable key is (storing the same key again replaces the vector)
-    key_property: str | None = None
-    #: what to keep beside the vector and return with search hits
-    meta_property: str | None = None
-    #: beyond this many vectors in the collection, the oldest are deleted
-    max_vectors: int | None = 100_000
+_COLLECTION = Meta(min_length=1, description="the vector collection's name")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.collection:
-            raise ValueError("collection must not be empty")
-        if self.max_vectors is not None and self.max_vectors < 1:
-            raise ValueError("max_vectors must be >= 1")
+
+class VectorStoreParams(StoreSinkParams, kw_only=True):
+    collection: Annotated[str, _COLLECTION]
+    property: Annotated[str, Meta(description="dotted path of the vector (a list of numbers)")] = (
+        "payload"
+    )
+    key_property: Annotated[
+        str | None,
+        Meta(
+            description="dotted path of a stable key (storing the same key again replaces "
+            "the vector)"
+        ),
+    ] = None
+    meta_property: Annotated[
+        str | None,
+        Meta(description="dotted path of what is kept beside the vector and returned with hits"),
+    ] = None
+    max_vectors: Annotated[
+        Annotated[int, Meta(ge=1)] | None,
+        Meta(description="beyond this many vectors in the collection the oldest are deleted"),
+    ] = 100_000
 
 
 @register_node("VectorStoreNode")
-class VectorStoreNode(_StoreSink):
+class VectorStoreNode(_StoreSink[VectorStoreParams]):
     """Keep an embedding (and optional metadata) in a collection for similarity search."""
 
-    Params = VectorStoreParams
-
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: VectorStoreParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         self._path = split_path(params.property)
         self._key = split_path(params.key_property) if params.key_property else None
@@ -320,7 +322,7 @@ class VectorStoreNode(_StoreSink):
     async def write(self, msg: Message) -> Result:
         assert self._vs is not None, "node not started"
         p = self.params
-        key = _key(msg, None, self._key, p.key_property) if self._key is not None else None
+        key = None if self._key is None else _key(msg, None, self._key, str(p.key_property))
         meta = get_path(msg, self._meta) if self._meta is not None else None
         fut = self._vs.add(
             p.collection, get_path(msg, self._path), key=key, meta=meta, max_vectors=p.max_vectors
@@ -330,31 +332,37 @@ class VectorStoreNode(_StoreSink):
 
 
 class VectorQueryParams(SinkParams, kw_only=True):
-    collection: str
-    property: str = "payload"
-    k: int = 5
-    metric: Literal["cosine", "l2"] = "cosine"
-    #: where the hits go: ``[{key, distance, meta}, ...]``, nearest first
-    output: str = "neighbors"
-    #: when the nearest hit is farther than this (or there is none): port ``anomaly``
-    threshold: float | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.collection:
-            raise ValueError("collection must not be empty")
-        if not 1 <= self.k <= 1000:
-            raise ValueError("k must be within 1..1000")
+    collection: Annotated[str, _COLLECTION]
+    property: Annotated[
+        str, Meta(description="dotted path of the query vector (a list of numbers)")
+    ] = "payload"
+    k: Annotated[int, Meta(ge=1, le=1000, description="how many nearest vectors to return")] = 5
+    metric: Annotated[
+        Literal["cosine", "l2"], Meta(description="the distance: cosine or l2 (Euclidean)")
+    ] = "cosine"
+    output: Annotated[
+        str,
+        Meta(
+            description="where the hits go: [{key, distance, meta}, ...], nearest first "
+            "(object keys only)"
+        ),
+    ] = "neighbors"
+    threshold: Annotated[
+        float | None,
+        Meta(
+            description="when the nearest hit is farther than this (or there is none), the "
+            "message goes to port anomaly"
+        ),
+    ] = None
 
 
 @register_node("VectorQueryNode")
-class VectorQueryNode(SinkNode):
+class VectorQueryNode(SinkNode[VectorQueryParams]):
     """k nearest stored vectors (cosine or L2); far from all of them: port ``anomaly``."""
 
-    Params = VectorQueryParams
     ports: ClassVar[tuple[str, ...]] = ("out", "anomaly")
 
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: VectorQueryParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         self._path = split_path(params.property)
         self._out = _out_path(params.output)
@@ -378,18 +386,24 @@ class VectorQueryNode(SinkNode):
 
 # -- the outbox --------------------------------------------------------------------------------
 class UpstreamParams(NodeParams):
-    #: topic stored with the message (default: the message's own topic)
-    topic: str | None = None
-    #: what is sent to the hub
-    property: str = "payload"
-    #: when the outbox is at its bound: refuse the new message, or evict the oldest
-    policy: Policy = "reject_new"
-    max_messages: int = 1_000_000
-    max_bytes: int = 256 * 1024 * 1024
-
-    def __post_init__(self) -> None:
-        if self.max_messages < 1 or self.max_bytes < 1024:
-            raise ValueError("max_messages must be >= 1 and max_bytes >= 1024")
+    topic: Annotated[
+        str | None,
+        Meta(description="topic stored with the message (null: the message's own topic)"),
+    ] = None
+    property: Annotated[str, Meta(description="dotted path of what is sent to the hub")] = "payload"
+    policy: Annotated[
+        Policy,
+        Meta(
+            description="when the outbox is at its bound: refuse the new message, or evict "
+            "the oldest"
+        ),
+    ] = "reject_new"
+    max_messages: Annotated[int, Meta(ge=1, description="the outbox's bound in messages")] = (
+        1_000_000
+    )
+    max_bytes: Annotated[
+        int, Meta(ge=1024, description="the outbox's bound in accounted bytes")
+    ] = 256 * 1024 * 1024
 
 
 def _topic_text(topic: Any) -> str:
@@ -402,17 +416,16 @@ def _topic_text(topic: Any) -> str:
 
 
 @register_node("UpstreamNode")
-class UpstreamNode(Node):
+class UpstreamNode(Node[UpstreamParams]):
     """Queue the message for the hub in the durable outbox (fsynced before acknowledged).
 
     Emits ``{..., "seq": n}`` on ``out`` once the message is durable. A message flagged
     ``dup: true`` (a producer's retry) is stored with the duplicate flag.
     """
 
-    Params = UpstreamParams
     ports: ClassVar[tuple[str, ...]] = ("out",)
 
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: UpstreamParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         self._path = split_path(params.property)
         self._outbox: Outbox | None = None

@@ -8,31 +8,37 @@ import math
 import reprlib
 import time
 from math import isfinite
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from mechaway.nodes.base import Message, Node, NodeParams, Result, get_path, now, split_path
+from msgspec import Meta
+
+from mechaway.nodes.base import Message, Node, NodeParams, P, Result, get_path, now, split_path
+from mechaway.nodes.context import NodeContext
 from mechaway.nodes.registry import register_node
 
 
 class RateLimitParams(NodeParams):
-    #: at most ``rate`` messages per ``per`` seconds (token bucket; bursts up to ``rate``)
-    rate: float
-    per: float = 1.0
-    persist: bool = False
-
-    def __post_init__(self) -> None:
-        if self.rate <= 0 or self.per <= 0:
-            raise ValueError("rate and per must be > 0")
+    rate: Annotated[
+        float,
+        Meta(
+            gt=0,
+            description="at most this many messages per `per` seconds (a token bucket: "
+            "bursts of up to `rate` pass)",
+        ),
+    ]
+    per: Annotated[float, Meta(gt=0, description="the period of `rate`, in seconds")] = 1.0
+    persist: Annotated[
+        bool, Meta(description="the bucket's tokens survive restarts (node context)")
+    ] = False
 
 
 @register_node("RateLimitNode")
-class RateLimitNode(Node):
+class RateLimitNode(Node[RateLimitParams]):
     """Pass at most ``rate`` messages per ``per`` seconds; the excess is dropped and counted."""
 
-    Params = RateLimitParams
     stateful: ClassVar[bool] = True
 
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: RateLimitParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         self._capacity = float(params.rate)
         self._fill = params.rate / params.per
@@ -57,10 +63,10 @@ class RateLimitNode(Node):
             self._tokens = min(self._capacity, float(state["tokens"]))
 
 
-class _TimerNode(Node):
+class _TimerNode(Node[P]):
     """Base for nodes that emit later from the event loop; timers die with the node."""
 
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: P, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -73,21 +79,17 @@ class _TimerNode(Node):
 
 
 class DebounceParams(NodeParams):
-    #: emit the last message once no new message came for this many seconds
-    quiet: float
-
-    def __post_init__(self) -> None:
-        if self.quiet <= 0:
-            raise ValueError("quiet must be > 0")
+    quiet: Annotated[
+        float,
+        Meta(gt=0, description="emit the last message once no new one came for this many seconds"),
+    ]
 
 
 @register_node("DebounceNode")
-class DebounceNode(_TimerNode):
+class DebounceNode(_TimerNode[DebounceParams]):
     """Emit only the last of a burst, ``quiet`` seconds after the burst ends."""
 
-    Params = DebounceParams
-
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: DebounceParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         self._pending: Message | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -116,31 +118,40 @@ Agg = Literal["mean", "min", "max", "sum", "last", "first", "count"]
 
 
 class WindowParams(NodeParams):
-    property: str = "payload"
-    op: Agg = "mean"
-    #: count window: emit every ``size`` messages
-    size: int | None = None
-    #: time window: emit every ``seconds`` (tumbling, on the loop's clock)
-    seconds: float | None = None
-    persist: bool = False
+    property: Annotated[str, Meta(description="dotted path of the numeric value aggregated")] = (
+        "payload"
+    )
+    op: Annotated[
+        Agg, Meta(description="the aggregate emitted: mean, min, max, sum, first, last, count")
+    ] = "mean"
+    size: Annotated[
+        Annotated[int, Meta(ge=1)] | None,
+        Meta(description="count window: emit every `size` messages (set size or seconds)"),
+    ] = None
+    seconds: Annotated[
+        Annotated[float, Meta(gt=0)] | None,
+        Meta(
+            description="time window: emit every `seconds`, tumbling, on the loop's clock "
+            "(set size or seconds)"
+        ),
+    ] = None
+    persist: Annotated[
+        bool, Meta(description="the open window survives restarts (node context)")
+    ] = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if (self.size is None) == (self.seconds is None):
             raise ValueError("set exactly one of size, seconds")
-        if self.size is not None and self.size < 1:
-            raise ValueError("size must be >= 1")
-        if self.seconds is not None and self.seconds <= 0:
-            raise ValueError("seconds must be > 0")
 
 
 @register_node("WindowNode")
-class WindowNode(_TimerNode):
+class WindowNode(_TimerNode[WindowParams]):
     """Aggregate a numeric property over count or time windows: mean/min/max/sum/last/count."""
 
-    Params = WindowParams
     stateful: ClassVar[bool] = True
 
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: WindowParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         self._keys = split_path(params.property)
         self._size = params.size or 0
@@ -159,15 +170,15 @@ class WindowNode(_TimerNode):
     async def start(self) -> None:
         await super().start()
         if self.params.seconds is not None:
-            self._timer = self._later(self.params.seconds, self._tick)
+            self._timer = self._later(self.params.seconds, self._tick, self.params.seconds)
 
     async def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _tick(self) -> None:
-        self._timer = self._later(self.params.seconds, self._tick)
+    def _tick(self, seconds: float) -> None:
+        self._timer = self._later(seconds, self._tick, seconds)
         if self._n:
             self.emit(self._result(), "out")
 
@@ -259,23 +270,22 @@ def _json_number(v: Any) -> Any:
 
 
 class DelayParams(NodeParams):
-    seconds: float
-    #: messages held at most; beyond it the policy applies (each drop counted)
-    max_pending: int = 10_000
-    overflow: Literal["drop_oldest", "drop_new"] = "drop_new"
-
-    def __post_init__(self) -> None:
-        if self.seconds < 0 or self.max_pending < 1:
-            raise ValueError("seconds must be >= 0 and max_pending >= 1")
+    seconds: Annotated[float, Meta(ge=0, description="how long each message is held")]
+    max_pending: Annotated[
+        int,
+        Meta(ge=1, description="messages held at most; beyond it `overflow` applies (counted)"),
+    ] = 10_000
+    overflow: Annotated[
+        Literal["drop_oldest", "drop_new"],
+        Meta(description="which message is dropped when max_pending are held"),
+    ] = "drop_new"
 
 
 @register_node("DelayNode")
-class DelayNode(_TimerNode):
+class DelayNode(_TimerNode[DelayParams]):
     """Hold every message for ``seconds``, then pass it on (order kept)."""
 
-    Params = DelayParams
-
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: DelayParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         self._held: collections.deque[tuple[float, Message]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None

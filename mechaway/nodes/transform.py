@@ -6,12 +6,14 @@ import json
 import math
 import reprlib
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
+from msgspec import Meta
 
 from mechaway.nodes.base import Message, Node, NodeParams, Result, get_path, split_path
 from mechaway.nodes.conditions import Condition, Predicate, compile_condition
+from mechaway.nodes.context import NodeContext
 from mechaway.nodes.registry import register_node
 
 Getter = Callable[[Any], Any]
@@ -118,19 +120,25 @@ def compile_expr(expr: str) -> Getter:
 
 
 class JSONTransformParams(NodeParams):
-    map: str | dict[str, str]
-    #: what ``$`` refers to: the message payload (default) or the whole message
-    root: Literal["payload", "message"] = "payload"
+    map: Annotated[
+        str | dict[str, str],
+        Meta(
+            description="the new payload: {key=EXPR, ...} or an object of key: EXPR; EXPR is "
+            "a JSONPath ($.a.b[0]) or a JSON literal (checked at deploy)"
+        ),
+    ]
+    root: Annotated[
+        Literal["payload", "message"],
+        Meta(description="what $ refers to: the message payload, or the whole message"),
+    ] = "payload"
 
 
 @register_node("JSONTransformNode")
-class JSONTransformNode(Node):
+class JSONTransformNode(Node[JSONTransformParams]):
     """Build a new payload from JSONPath expressions: ``{id=$.id, score=$.score}``."""
 
-    Params = JSONTransformParams
-
     @classmethod
-    def check(cls, params: Any) -> list[str]:
+    def check(cls, params: JSONTransformParams) -> list[str]:
         try:
             for expr in parse_map(params.map).values():
                 compile_expr(expr)
@@ -138,7 +146,7 @@ class JSONTransformNode(Node):
             return [f"map: {err}"]
         return []
 
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: JSONTransformParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         self._fields = tuple((k, compile_expr(e)) for k, e in parse_map(params.map).items())
         self._whole = params.root == "message"
@@ -149,34 +157,46 @@ class JSONTransformNode(Node):
 
 
 class Rule(Condition):
-    port: str
+    """A condition and the port a matching message goes to."""
+
+    port: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            description="the output port a matching message goes to (not error; rules may "
+            "share a port)",
+        ),
+    ]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.port == "error":
+            raise ValueError("port 'error' is reserved for failures")
 
 
 class RouteParams(NodeParams):
-    rules: list[Rule]
-    #: ``first``: stop at the first matching rule (Node-RED "stop after first match");
-    #: ``all``: send to every matching rule's port
-    mode: Literal["first", "all"] = "first"
-
-    def __post_init__(self) -> None:
-        if not self.rules:
-            raise ValueError("rules must not be empty")
-        for r in self.rules:
-            if not r.port or r.port == "error":
-                raise ValueError(f"bad rule port {r.port!r}")
+    rules: Annotated[
+        list[Rule],
+        Meta(min_length=1, description="conditions tried in order, each naming its port"),
+    ]
+    mode: Annotated[
+        Literal["first", "all"],
+        Meta(
+            description="first: stop at the first matching rule (Node-RED's 'stop after first "
+            "match'); all: send to every matching rule's port"
+        ),
+    ] = "first"
 
 
 @register_node("RouteNode")
-class RouteNode(Node):
+class RouteNode(Node[RouteParams]):
     """Send each message to the port of the first (or every) matching rule, like a switch."""
 
-    Params = RouteParams
-
     @classmethod
-    def output_ports(cls, params: Any) -> tuple[str, ...]:
+    def output_ports(cls, params: RouteParams) -> tuple[str, ...]:
         return tuple(dict.fromkeys(r.port for r in params.rules))
 
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: RouteParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         rules: list[Rule] = params.rules
         self._first = params.mode == "first"
@@ -210,16 +230,14 @@ class RouteNode(Node):
 
 
 class FilterParams(Condition, NodeParams):
-    pass
+    """The condition a message must meet to pass."""
 
 
 @register_node("FilterNode")
-class FilterNode(Node):
+class FilterNode(Node[FilterParams]):
     """Pass messages whose ``property`` matches the condition; drop the rest."""
 
-    Params = FilterParams
-
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: FilterParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         self._pred = compile_condition(params)
 
@@ -230,10 +248,21 @@ class FilterNode(Node):
 class ChangeRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``set`` path to ``value`` (or to the value at ``from``); ``delete`` path; ``move``."""
 
-    op: Literal["set", "delete", "move"]
-    path: str
-    value: Any = None
-    from_: str | None = msgspec.field(default=None, name="from")
+    op: Annotated[
+        Literal["set", "delete", "move"],
+        Meta(
+            description="set: path to value (or to the value at from); delete: path; "
+            "move: the value at from to path"
+        ),
+    ]
+    path: Annotated[
+        str, Meta(description="dotted path of the field changed, e.g. payload.temp or topic")
+    ]
+    value: Annotated[Any, Meta(description="the value set (op set without from)")] = None
+    from_: Annotated[
+        str | None,
+        Meta(description="dotted path the value is read from (needed by op move)"),
+    ] = msgspec.field(default=None, name="from")
 
     def __post_init__(self) -> None:
         if not split_path(self.path):
@@ -245,7 +274,7 @@ class ChangeRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class ChangeParams(NodeParams):
-    rules: list[ChangeRule]
+    rules: Annotated[list[ChangeRule], Meta(description="changes applied in order")]
 
 
 def _copy_to(msg: dict[str, Any], keys: tuple[str | int, ...]) -> tuple[Any, str | int] | None:
@@ -329,12 +358,10 @@ def _apply_rules_generic(msg: Message, rules: tuple[GenericRule, ...]) -> Messag
 
 
 @register_node("ChangeNode")
-class ChangeNode(Node):
+class ChangeNode(Node[ChangeParams]):
     """Set, delete or move message fields (copy-on-write: the input is never mutated)."""
 
-    Params = ChangeParams
-
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: ChangeParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         steps: list[tuple[int, Any, Any, Any, GenericRule]] = []
         for r in params.rules:
@@ -393,35 +420,45 @@ class ChangeNode(Node):
 
 
 class DeadbandParams(NodeParams):
-    property: str = "payload"
-    #: pass when |value - last passed value| >= band (absolute units)
-    band: float = 0.0
-    #: or: pass when the change is >= this percentage of the last passed value
-    percent: float | None = None
-    #: keep a separate last value per message topic (``topic``) or one for all (``none``)
-    key: Literal["topic", "none"] = "topic"
-    #: ``true``: the last passed values survive restarts (stored as node context)
-    persist: bool = False
-    #: most topics remembered; past it the least recently seen is forgotten (counted),
-    #: so its next value passes as a first one. Topics come from outside: a stream of
-    #: distinct ones must not grow memory (and the saved state) without end.
-    max_keys: int = 10_000
-
-    def __post_init__(self) -> None:
-        if self.band < 0 or (self.percent is not None and self.percent < 0):
-            raise ValueError("band and percent must be >= 0")
-        if self.max_keys < 1:
-            raise ValueError("max_keys must be >= 1")
+    property: Annotated[str, Meta(description="dotted path of the numeric value watched")] = (
+        "payload"
+    )
+    band: Annotated[
+        float,
+        Meta(ge=0, description="pass when |value - last passed value| >= band (absolute units)"),
+    ] = 0.0
+    percent: Annotated[
+        Annotated[float, Meta(ge=0)] | None,
+        Meta(
+            description="or: pass when the change is >= this percentage of the last passed "
+            "value (set, it replaces band)",
+        ),
+    ] = None
+    key: Annotated[
+        Literal["topic", "none"],
+        Meta(description="keep a last value per message topic (topic), or one for all (none)"),
+    ] = "topic"
+    persist: Annotated[
+        bool, Meta(description="the last passed values survive restarts (node context)")
+    ] = False
+    max_keys: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="most topics remembered; past it the least recently seen is forgotten "
+            "(counted) and its next value passes as a first one (topics come from outside: "
+            "memory stays bounded)",
+        ),
+    ] = 10_000
 
 
 @register_node("DeadbandNode")
-class DeadbandNode(Node):
+class DeadbandNode(Node[DeadbandParams]):
     """Report by exception: pass a value only when it moved past the deadband."""
 
-    Params = DeadbandParams
     stateful: ClassVar[bool] = True
 
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: DeadbandParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         self._keys = split_path(params.property)
         #: topic -> last passed value, least recently seen first

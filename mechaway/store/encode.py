@@ -3,7 +3,7 @@
 Messages are JSON-compatible by convention, but a codec can hand the flow values JSON
 has no form for: msgpack ``bin`` (``bytes``), bytes or non-string map keys, integers
 beyond 64 bits, nesting deeper than orjson's 255 levels. ``to_json`` writes ``bytes``
-as base64 text (the convention of ``mechaway.nodes.codec``: bytes travel as base64) and
+as base64 text (the convention of ``mechaway.codec``: bytes travel as base64) and
 a msgpack timestamp as epoch seconds; anything else it cannot write fails with
 ``UnstorableValue`` naming where the value was going. NaN and infinities become
 ``null`` (orjson's rule, and JavaScript's).
@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from mechaway.nodes.codec import json_default
+from mechaway.codec import json_default
 
 
 class UnstorableValue(ValueError):

@@ -6,15 +6,27 @@ Importing this module registers them; the daemon never imports it.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from mechaway.nodes.base import Message, Node, NodeParams, Result, SinkNode, SinkParams
+from msgspec import Meta
+
+from mechaway.nodes.base import (
+    Message,
+    Node,
+    NodeParams,
+    NoParams,
+    Result,
+    SinkNode,
+    SinkParams,
+)
+from mechaway.nodes.context import NodeContext
 from mechaway.nodes.registry import register_node
 
 
 class CollectParams(SinkParams):
-    #: seconds each write takes (to test queues and backpressure)
-    delay: float = 0.0
+    delay: Annotated[
+        float, Meta(description="seconds each write takes (to test queues and backpressure)")
+    ] = 0.0
 
 
 #: every CollectNode's messages by "flow.node"
@@ -22,12 +34,10 @@ COLLECTED: dict[str, list[Message]] = {}
 
 
 @register_node("CollectNode")
-class CollectNode(SinkNode):
+class CollectNode(SinkNode[CollectParams]):
     """Sink that records what it receives in ``COLLECTED["flow.node"]``."""
 
-    Params = CollectParams
-
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: CollectParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         self.got = COLLECTED.setdefault(f"{ctx.flow_id}.{node_id}", [])
 
@@ -47,15 +57,13 @@ class PassNode(Node):
 
 
 class FailParams(NodeParams):
-    #: raise when payload equals this value
-    on: Any = "boom"
+    on: Annotated[Any, Meta(description="raise when the payload equals this value")] = "boom"
 
 
 @register_node("FailNode")
-class FailNode(Node):
+class FailNode(Node[FailParams]):
     """Raises on a chosen payload, passes everything else."""
 
-    Params = FailParams
     ports: ClassVar[tuple[str, ...]] = ("out",)
 
     def process(self, msg: Message) -> Result:
@@ -65,10 +73,10 @@ class FailNode(Node):
 
 
 @register_node("CountNode")
-class CountNode(Node):
+class CountNode(Node[NoParams]):
     """Counts messages in its state (to test that state survives a hot swap)."""
 
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: NoParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         self.count = 0
 

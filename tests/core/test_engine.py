@@ -580,7 +580,7 @@ async def test_sink_block_backpressures_the_inject_source(engine: Engine) -> Non
 async def test_sink_queue_size_is_validated() -> None:
     with pytest.raises(FlowError) as exc:
         validate(sink_flow(queue_size=0))
-    assert "queue_size must be >= 1" in str(exc.value)
+    assert "nodes[1] (sink).params.queue_size: expected `int` >= 1" in str(exc.value)
     with pytest.raises(FlowError) as exc:
         validate(sink_flow(overflow="drop_everything"))
     assert "nodes[1] (sink).params.overflow" in str(exc.value)

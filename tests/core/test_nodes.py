@@ -119,9 +119,9 @@ async def test_inject_cron_with_seconds_fires(engine: Engine) -> None:
         ({"cron": "0 0 30 2 *"}, "never fires (no such date)"),  # the task died at start
         ({"interval": 1, "cron": "* * * * *"}, "not both"),
         ({}, "set at least one of interval, cron, once"),
-        ({"interval": 0}, "interval must be > 0"),
-        ({"interval": -1}, "interval must be > 0"),
-        ({"once": True, "repeat": -1}, "must be >= 0"),
+        ({"interval": 0}, "params.interval: expected `float` > 0.0"),
+        ({"interval": -1}, "params.interval: expected `float` > 0.0"),
+        ({"once": True, "repeat": -1}, "params.repeat: expected `int` >= 0"),
         ({"interval": "1s"}, "expected `float | null`, got `str`"),
     ],
 )
@@ -283,8 +283,9 @@ async def test_route_edges_must_name_declared_ports() -> None:
 @pytest.mark.parametrize(
     ("params", "needle"),
     [
-        ({"rules": []}, "rules must not be empty"),
-        ({"rules": [{"op": "gt", "value": 1, "port": "error"}]}, "bad rule port"),
+        ({"rules": []}, "params.rules: expected `array` of length >= 1"),
+        ({"rules": [{"op": "gt", "value": 1, "port": "error"}]}, "port 'error' is reserved"),
+        ({"rules": [{"op": "gt", "value": 1, "port": ""}]}, "rules[0].port: expected `str` of"),
         ({"rules": [{"op": "gt", "value": "x", "port": "a"}]}, "needs a numeric value"),
         ({"rules": [{"op": "lol", "port": "a"}]}, "op"),
         ({"rules": RULES, "mode": "some"}, "mode"),
@@ -532,7 +533,7 @@ async def test_ratelimit_bucket_refills(engine: Engine) -> None:
 async def test_ratelimit_rate_must_be_positive() -> None:
     with pytest.raises(FlowError) as exc:
         validate(single("f", "RateLimitNode", {"rate": 0}))
-    assert "rate and per must be > 0" in str(exc.value)
+    assert "nodes[1] (n).params.rate: expected `float` > 0.0" in str(exc.value)
     with pytest.raises(FlowError) as exc:
         validate(single("f", "RateLimitNode", {}))
     assert "missing required key `rate`" in str(exc.value)

@@ -101,7 +101,7 @@ def test_unknown_param_key() -> None:
 def test_params_value_check() -> None:
     raw = ok_flow()
     raw["nodes"][0]["params"] = {"interval": -1}
-    assert rendered(raw) == ["nodes[0] (t).params: interval must be > 0"]
+    assert rendered(raw) == ["nodes[0] (t).params.interval: expected `float` > 0.0"]
 
 
 def test_duplicate_node_ids() -> None:

@@ -86,7 +86,7 @@ async def test_an_invalid_file_is_reported_and_the_running_revision_kept(
     await watcher.scan()
     assert running(watcher) == {"a": 1}
     assert watcher.errors() == {
-        str(path): f"{path}: nodes[1] (log).params: keep must be within 0..1000"
+        str(path): f"{path}: nodes[1] (log).params.keep: expected `int` >= 0"
     }
     put(path, flow("a", keep=1))
     await watcher.scan()

@@ -1,25 +1,25 @@
-"""A third-party node type, registered exactly like a built-in one."""
+"""A third-party node type, registered exactly like a built-in one, through the public face
+(``from mechaway import ...``) only."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
-from mechaway.nodes.base import Message, Node, NodeParams, Result
-from mechaway.nodes.registry import register_node
+from msgspec import Meta
+
+from mechaway import Message, Node, NodeContext, NodeParams, Result, register_node
 
 
 class ScaleParams(NodeParams):
-    factor: float = 1.0
-    offset: float = 0.0
+    factor: Annotated[float, Meta(description="the payload is multiplied by this")] = 1.0
+    offset: Annotated[float, Meta(description="then this is added")] = 0.0
 
 
 @register_node("ScaleNode")
-class ScaleNode(Node):
+class ScaleNode(Node[ScaleParams]):
     """Linear scaling of a numeric payload: payload * factor + offset."""
 
-    Params = ScaleParams
-
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: ScaleParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         self._f = params.factor
         self._o = params.offset
