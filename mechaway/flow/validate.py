@@ -127,6 +127,7 @@ def validate(raw: Any, *, source: str = "") -> ValidFlow:
         if not problems:
             nodes[spec.id] = ValidNode(spec, cls, params)
 
+    issues.extend(_claim_issues(doc, nodes))
     routes: dict[tuple[str, str], list[str]] = {}
     for i, edge in enumerate(doc.edges):
         where = f"edges[{i}] ({edge.from_} -> {edge.to})"
@@ -171,6 +172,25 @@ def validate(raw: Any, *, source: str = "") -> ValidFlow:
     if issues:
         raise FlowError(issues, source)
     return ValidFlow(doc, nodes, routes)
+
+
+def _claim_issues(doc: FlowDoc, nodes: dict[str, ValidNode]) -> list[Issue]:
+    """Two running nodes claiming one piece of hardware (``Node.claims``): name both."""
+    issues: list[Issue] = []
+    holder: dict[str, NodeSpec] = {}
+    for i, spec in enumerate(doc.nodes):
+        vn = nodes.get(spec.id)
+        if vn is None or vn.spec is not spec:
+            continue
+        for what in vn.cls.claims(vn.params):
+            first = holder.setdefault(what, spec)
+            if first is not spec:
+                issues.append(Issue(
+                    f"nodes[{i}] ({spec.id}).params",
+                    f"{what} is claimed by both {first.id!r} ({first.type}) and "
+                    f"{spec.id!r} ({spec.type}): only one node may hold it",
+                ))  # fmt: skip
+    return issues
 
 
 def find_cycle(ids: list[str], routes: dict[tuple[str, str], list[str]]) -> list[str]:
