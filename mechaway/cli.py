@@ -239,6 +239,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_nodered(args: argparse.Namespace) -> int:
+    from mechaway.flow.nodered import write_import
+
+    return write_import(Path(args.file), Path(args.out) if args.out else None)
+
+
 def _issue(where: str, message: str) -> Any:
     from mechaway.errors import Issue
 
@@ -269,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="per flow and node counters from the running daemon")
     st.set_defaults(fn=cmd_status)
+
+    nr = sub.add_parser("import-nodered", help="Node-RED flows.json -> flow files + a report")
+    nr.add_argument("file")
+    nr.add_argument("--out", help="write one flow file per tab here (default: print them)")
+    nr.set_defaults(fn=cmd_import_nodered)
 
     pl = sub.add_parser("plugins", help="node-type plugins the running daemon loaded")
     pl.add_argument("action", choices=["list"])

@@ -19,10 +19,12 @@ import orjson
 from aiohttp import web
 
 from mechaway import __version__
+from mechaway.api.events import EventHub
+from mechaway.api.validate import check_document, palette_info, parse_errors
 from mechaway.errors import FlowError, Issue, StoreUnavailable
 from mechaway.flow.parse import parse_text
 from mechaway.nodes.registry import node_types, params_schema
-from mechaway.runtime.manager import FlowManager
+from mechaway.runtime.manager import FlowManager, RevisionConflict
 from mechaway.store.series import SeriesNotFound, SeriesStore
 
 log = logging.getLogger("mechaway.api")
@@ -38,6 +40,7 @@ PLUGINS: web.AppKey[Callable[[], list[dict[str, Any]]]] = web.AppKey("plugins", 
 STARTED: web.AppKey[float] = web.AppKey("started", float)
 SERIES: web.AppKey[SeriesStore] = web.AppKey("series", SeriesStore)
 YAML_GATE: web.AppKey[asyncio.Semaphore] = web.AppKey("yaml_gate", asyncio.Semaphore)
+EVENTS: web.AppKey[EventHub] = web.AppKey("events", EventHub)
 
 #: seconds a client has to send a request body, once its headers are in (then 408)
 BODY_TIMEOUT = 30.0
@@ -66,7 +69,8 @@ def _error(status: int, message: str, issues: list[Issue] | None = None) -> web.
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Token check, and turning every failure into a JSON error (never a traceback page)."""
     token = request.app[TOKEN]
-    if token and request.path != f"{PREFIX}/health":
+    # the events socket takes its token in its first message (browsers cannot set headers)
+    if token and request.path not in (f"{PREFIX}/health", f"{PREFIX}/events"):
         # a header's non-UTF-8 bytes arrive as surrogates: encode them back, never raise
         got = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(got, f"Bearer {token}".encode()):
@@ -166,7 +170,26 @@ async def get_flow(request: web.Request) -> web.Response:
     revision = mgr.store.get(fid, rev) if rev is not None else None
     if revision is None:
         return _error(404, f"no flow {fid!r}")
-    return _json({"rev": revision.rev, "source": revision.source, "flow": revision.doc})
+    out: dict[str, Any] = {"rev": revision.rev, "source": revision.source, "flow": revision.doc}
+    path = mgr.files.get(fid)
+    if path is not None and revision.source == "file":
+        out["file"] = path
+    resp = _json(out)
+    resp.headers["ETag"] = f'"{revision.rev}"'
+    return resp
+
+
+def _if_match(request: web.Request) -> int | None:
+    """``If-Match: "<rev>"`` (or ``W/"<rev>"``): the revision a deploy was based on."""
+    raw = request.headers.get("If-Match")
+    if raw is None:
+        return None
+    text = raw.strip().removeprefix("W/").strip('"')
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_REV:
+        raise FlowError(
+            [Issue("If-Match", f'expected a revision as "<rev>" (what ETag said), got {raw!r:.40}')]
+        )
+    return int(text)
 
 
 async def put_flow(request: web.Request) -> web.Response:
@@ -176,8 +199,15 @@ async def put_flow(request: web.Request) -> web.Response:
         raw.setdefault("id", fid)
         if raw["id"] != fid:
             raise FlowError([Issue("id", f"{raw['id']!r} does not match the URL's {fid!r}")])
-    result = await request.app[MANAGER].deploy(raw, "api", origin=f"PUT {request.path}")
-    return _json(result.as_dict(), 201 if result.new_revision else 200)
+    try:
+        result = await request.app[MANAGER].deploy(
+            raw, "api", origin=f"PUT {request.path}", if_rev=_if_match(request)
+        )
+    except RevisionConflict as err:
+        return _json({"error": str(err), "current_rev": err.current}, 409)
+    resp = _json(result.as_dict(), 201 if result.new_revision else 200)
+    resp.headers["ETag"] = f'"{result.rev}"'
+    return resp
 
 
 async def delete_flow(request: web.Request) -> web.Response:
@@ -230,12 +260,33 @@ async def plugins(request: web.Request) -> web.Response:
 
 async def schema(request: web.Request) -> web.Response:
     name = request.match_info.get("type")
+    types = node_types()
     if name:
-        try:
-            return _json(params_schema(name))
-        except KeyError:
+        if name not in types:
             return _error(404, f"unknown node type {name!r}")
-    return _json({n: params_schema(n) for n in node_types()})
+        return _json({**params_schema(name), "x-mechaway": palette_info(types[name])})
+    return _json(
+        {n: {**params_schema(n), "x-mechaway": palette_info(cls)} for n, cls in types.items()}
+    )
+
+
+async def validate_flow(request: web.Request) -> web.Response:
+    """``POST /validate``: the deploy's validation, nothing deployed; errors located."""
+    try:
+        raw = await _body(request)
+    except FlowError as err:
+        status, out = parse_errors(err)
+    else:
+        status, out = check_document(raw)
+    return _json(out, status)
+
+
+async def import_nodered(request: web.Request) -> web.Response:
+    """``POST /import/nodered``: a Node-RED flows.json as flow documents + a report."""
+    from mechaway.flow.nodered import convert
+
+    raw = await _body(request)
+    return _json(convert(raw).as_dict())
 
 
 def _when(query: Any, key: str) -> float | None:
@@ -321,6 +372,18 @@ def make_app(
     r.add_get(f"{PREFIX}/plugins", plugins)
     r.add_get(f"{PREFIX}/schema", schema)
     r.add_get(f"{PREFIX}/schema/{{type}}", schema)
+    r.add_post(f"{PREFIX}/validate", validate_flow)
+    r.add_post(f"{PREFIX}/import/nodered", import_nodered)
+    hub = app[EVENTS] = EventHub(manager.engine, status_fn, token)
+    r.add_get(f"{PREFIX}/events", hub.handle)
+    manager.on_change.append(hub.on_change)
+
+    async def _close_events(app: web.Application) -> None:
+        if hub.on_change in manager.on_change:
+            manager.on_change.remove(hub.on_change)
+        await hub.close()
+
+    app.on_shutdown.append(_close_events)
     if series_store is not None:
         app[SERIES] = series_store
         r.add_get(f"{PREFIX}/series/{{name:.+}}", series)

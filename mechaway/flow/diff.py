@@ -10,8 +10,15 @@ from mechaway.flow.model import FlowDoc, NodeSpec
 
 
 def node_key(spec: NodeSpec) -> bytes:
-    """Identity of a node's behaviour: same type and same params = same node."""
-    return orjson.dumps([spec.type, spec.params], option=orjson.OPT_SORT_KEYS)
+    """Identity of a node's behaviour: same type and same params = same node.
+
+    ``ui`` (where the editor drew it) is not part of it: a node that only moved keeps
+    running. Disabling or enabling a node changes it (it stops or starts).
+    """
+    key: list[object] = [spec.type, spec.params]
+    if spec.is_disabled:
+        key.append("disabled")
+    return orjson.dumps(key, option=orjson.OPT_SORT_KEYS)
 
 
 @dataclass(frozen=True, slots=True)

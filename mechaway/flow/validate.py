@@ -36,8 +36,9 @@ class ValidFlow:
     """A flow that passed every check, with typed params, ready for the engine."""
 
     doc: FlowDoc
+    #: the nodes that run (a ``disabled`` node is validated but not here)
     nodes: dict[str, ValidNode]
-    #: (from, port) -> list of target node ids, in document order
+    #: (from, port) -> list of target node ids, in document order, between running nodes
     routes: dict[tuple[str, str], list[str]]
 
     @property
@@ -88,7 +89,11 @@ def validate(raw: Any, *, source: str = "") -> ValidFlow:
     if not ID_RE.match(doc.id):
         issues.append(Issue("id", f"{doc.id!r} is not a valid id (1-64 of A-Z a-z 0-9 _ . : -)"))
 
+    if doc.ui is not msgspec.UNSET:
+        issues.extend(_json_issues("ui", doc.ui))
     nodes: dict[str, ValidNode] = {}
+    #: valid but ``disabled``: checked like the others, never started, edges pass nothing
+    off: dict[str, ValidNode] = {}
     seen: set[str] = set()
     for i, spec in enumerate(doc.nodes):
         where = f"nodes[{i}] ({spec.id})"
@@ -99,13 +104,12 @@ def validate(raw: Any, *, source: str = "") -> ValidFlow:
             issues.append(Issue(f"nodes[{i}].id", f"duplicate node id {spec.id!r}"))
             continue
         seen.add(spec.id)
-        try:  # params are stored, diffed and served as JSON (YAML can hold more than that)
-            stored = orjson.loads(orjson.dumps(spec.params))
-        except TypeError as err:  # orjson.JSONEncodeError: big int, non-str key, cycle, set
-            issues.append(Issue(f"{where}.params", f"not JSON-compatible: {err}"))
-            continue
-        if stored != spec.params:  # NaN and +-Infinity would come back from the store as null
-            issues.append(Issue(f"{where}.params", "not JSON-compatible: NaN or Infinity"))
+        if spec.ui is not msgspec.UNSET:
+            issues.extend(_json_issues(f"{where}.ui", spec.ui))
+        # params are stored, diffed and served as JSON (YAML can hold more than that)
+        bad_json = _json_issues(f"{where}.params", spec.params)
+        if bad_json:
+            issues.extend(bad_json)
             continue
         cls = get_node_type(spec.type)
         if cls is None:
@@ -125,10 +129,10 @@ def validate(raw: Any, *, source: str = "") -> ValidFlow:
             problems = [f"check failed: {err}"]
         issues.extend(Issue(f"{where}.params", p) for p in problems)
         if not problems:
-            nodes[spec.id] = ValidNode(spec, cls, params)
+            (off if spec.is_disabled else nodes)[spec.id] = ValidNode(spec, cls, params)
 
     issues.extend(_claim_issues(doc, nodes))
-    routes: dict[tuple[str, str], list[str]] = {}
+    graph: dict[tuple[str, str], list[str]] = {}
     for i, edge in enumerate(doc.edges):
         where = f"edges[{i}] ({edge.from_} -> {edge.to})"
         bad = False
@@ -138,7 +142,8 @@ def validate(raw: Any, *, source: str = "") -> ValidFlow:
                 bad = True
         if bad:
             continue
-        src, dst = nodes.get(edge.from_), nodes.get(edge.to)
+        src = nodes.get(edge.from_) or off.get(edge.from_)
+        dst = nodes.get(edge.to) or off.get(edge.to)
         if src is not None:
             ports = src.cls.output_ports(src.params)
             if edge.port != "error" and edge.port not in ports:
@@ -155,22 +160,30 @@ def validate(raw: Any, *, source: str = "") -> ValidFlow:
                     f"{where}.to", f"{edge.to!r} is a source ({dst.spec.type}) and takes no input"
                 )
             )
-        targets = routes.setdefault((edge.from_, edge.port), [])
+        targets = graph.setdefault((edge.from_, edge.port), [])
         if edge.to in targets:
             issues.append(Issue(where, "duplicate edge"))
         else:
             targets.append(edge.to)
 
-    cycle = find_cycle(list(seen), routes)
+    cycle = find_cycle(list(seen), graph)
     if cycle:
         issues.append(Issue("edges", "cycle: " + " -> ".join([*cycle, cycle[0]])))
-    all_valid = bool(nodes) and len(nodes) == len(doc.nodes)
-    if all_valid and not any(n.cls.kind == "source" for n in nodes.values()):
+    checked = {**nodes, **off}
+    all_valid = bool(checked) and len(checked) == len(doc.nodes)
+    if all_valid and not any(n.cls.kind == "source" for n in checked.values()):
         issues.append(Issue("nodes", "the flow has no source node (nothing would ever run)"))
     if not doc.nodes:
         issues.append(Issue("nodes", "the flow has no nodes"))
     if issues:
         raise FlowError(issues, source)
+    # what runs: every edge between enabled nodes (a disabled node's edges pass nothing)
+    routes: dict[tuple[str, str], list[str]] = {}
+    for (src_id, port), dsts in graph.items():
+        if src_id in nodes:
+            live = [d for d in dsts if d in nodes]
+            if live:
+                routes[(src_id, port)] = live
     return ValidFlow(doc, nodes, routes)
 
 
@@ -191,6 +204,17 @@ def _claim_issues(doc: FlowDoc, nodes: dict[str, ValidNode]) -> list[Issue]:
                     f"{spec.id!r} ({spec.type}): only one node may hold it",
                 ))  # fmt: skip
     return issues
+
+
+def _json_issues(where: str, value: Any) -> list[Issue]:
+    """``value`` must come back from JSON unchanged (it is stored, diffed and served)."""
+    try:
+        stored = orjson.loads(orjson.dumps(value))
+    except TypeError as err:  # orjson.JSONEncodeError: big int, non-str key, cycle, set
+        return [Issue(where, f"not JSON-compatible: {err}")]
+    if stored != value:  # NaN and +-Infinity would come back from the store as null
+        return [Issue(where, "not JSON-compatible: NaN or Infinity")]
+    return []
 
 
 def find_cycle(ids: list[str], routes: dict[tuple[str, str], list[str]]) -> list[str]:

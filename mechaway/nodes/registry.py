@@ -37,6 +37,7 @@ BUILTIN_MODULES = (
     "mechaway.nodes.mqtt",
     "mechaway.nodes.logic",
     "mechaway.nodes.storage",
+    "mechaway.nodes.shaping",
     "mechaway.nodes.gpio",
 )
 

@@ -348,10 +348,13 @@ class Engine:
         if old is not None and d.noop:
             old.rev = rev or old.rev
             return d
-        fresh_ids = [*d.added, *d.changed]
+        # a ``disabled`` node is in the document, not in ``valid.nodes``: never started
+        fresh_ids = [nid for nid in (*d.added, *d.changed) if nid in valid.nodes]
         instances: dict[str, Node] = {}
         stats: dict[str, NodeStats] = {}
         for nid in d.kept:
+            if nid not in valid.nodes:
+                continue
             assert old is not None
             instances[nid] = old.instances[nid]
             stats[nid] = old.stats[nid]

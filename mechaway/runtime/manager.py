@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mechaway.errors import FlowError, Issue
+from mechaway.errors import FlowError, Issue, MechawayError
 from mechaway.flow.diff import FlowDiff
 from mechaway.flow.parse import FLOW_SUFFIXES, MAX_FLOW_FILE_BYTES, format_for, parse_text
 from mechaway.flow.parse import read_capped as _read_capped
@@ -49,6 +49,24 @@ class DeployResult:
         }
 
 
+class RevisionConflict(MechawayError):
+    """A deploy named the revision it was based on (``If-Match``) and another revision
+    became active meanwhile; ``current`` is the active one (``None``: no active revision)."""
+
+    def __init__(self, flow_id: str, expected: int, current: int | None) -> None:
+        super().__init__(
+            f"flow {flow_id!r}: revision {expected} is no longer the active one"
+            f" (now {current if current is not None else 'none'})"
+        )
+        self.flow_id = flow_id
+        self.expected = expected
+        self.current = current
+
+
+#: told of every recorded change: ``{"flow", "rev", "source"}`` (+ ``"deleted": True``)
+ChangeHook = Callable[[dict[str, Any]], None]
+
+
 class FlowManager:
     """Deploys, deletes and rolls back flows; remembers why file deploys failed."""
 
@@ -58,12 +76,34 @@ class FlowManager:
         self._lock = asyncio.Lock()
         #: awaited with the flow id after a flow was deleted (e.g. to drop its node state)
         self.on_deleted: list[Callable[[str], Awaitable[None]]] = []
+        #: called (synchronously, under the deploy lock) after a new revision is recorded
+        #: or a flow deleted: the editor's events socket tells other tabs
+        self.on_change: list[ChangeHook] = []
+        #: flow id -> the file its active revision came from (flows deployed by file)
+        self.files: dict[str, str] = {}
 
-    async def deploy(self, raw: Any, source: Source, *, origin: str = "") -> DeployResult:
-        """Validate and run ``raw``; on any failure the running revision is untouched."""
+    def _changed(self, event: dict[str, Any]) -> None:
+        for hook in self.on_change:
+            try:
+                hook(event)
+            except Exception:
+                log.exception("flow %s: a change listener failed", event.get("flow"))
+
+    async def deploy(
+        self, raw: Any, source: Source, *, origin: str = "", if_rev: int | None = None
+    ) -> DeployResult:
+        """Validate and run ``raw``; on any failure the running revision is untouched.
+
+        ``if_rev``: deploy only if that revision is still the active one, checked under the
+        lock that serialises deploys (else ``RevisionConflict``, nothing changes).
+        """
         valid = validate(raw, source=origin)
         fid = valid.doc.id
         async with self._lock:
+            if if_rev is not None:
+                current = self.store.active_rev(fid)
+                if current != if_rev:
+                    raise RevisionConflict(fid, if_rev, current)
             before = self.engine.flows.get(fid)
             previous = (before.valid, before.rev) if before is not None else None
             cancelled = False
@@ -96,6 +136,12 @@ class FlowManager:
             rf = self.engine.flows.get(fid)
             if rf is not None:
                 rf.rev = rev
+            if source == "file":
+                self.files[fid] = origin
+            elif new:
+                self.files.pop(fid, None)
+            if new:
+                self._changed({"flow": fid, "rev": rev, "source": source})
             if cancelled:
                 raise asyncio.CancelledError
         log.info(
@@ -106,12 +152,19 @@ class FlowManager:
     async def delete(self, flow_id: str) -> bool:
         """Stop a flow and mark it inactive (its history stays). False if unknown."""
         async with self._lock:
-            known = self.store.active_rev(flow_id) is not None
+            active = self.store.active_rev(flow_id)
+            known = active is not None
+            was = self.store.get(flow_id, active) if active is not None else None
             running = await self.engine.remove(flow_id)
             if known:
                 await self.store.deactivate(flow_id)
+            self.files.pop(flow_id, None)
             for hook in self.on_deleted:
                 await hook(flow_id)
+            if was is not None:
+                self._changed(
+                    {"flow": flow_id, "rev": was.rev, "source": was.source, "deleted": True}
+                )
         return known or running
 
     async def rollback(self, flow_id: str, rev: int) -> DeployResult:
