@@ -83,16 +83,9 @@ def _q(text: str) -> str:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    from mechaway.daemon import run, setup_logging
-    from mechaway.hub.server import serve
+    from mechaway.hub.server import run_hub
 
-    cfg = _config(args)
-    setup_logging(cfg.log.level)
-
-    async def main() -> int:
-        return await serve(cfg)
-
-    return run(main)
+    return run_hub(_config(args))
 
 
 def cmd_public_key(args: argparse.Namespace) -> int:
@@ -157,17 +150,16 @@ def cmd_telemetry(args: argparse.Namespace) -> int:
 
 
 def _guard(fn: Any) -> Any:
-    """A hub command whose failures are one line (``mechaway``'s CLI prints CliError)."""
+    """A hub command whose failures are one line on stderr, exit status 1."""
 
     def run(args: argparse.Namespace) -> int:
         try:
             code: int = fn(args)
         except (FlowError, ConfigError):
             raise
-        except MechawayError as err:
-            from mechaway.cli import CliError
-
-            raise CliError(str(err)) from err
+        except MechawayError as err:  # the hub sits below the CLI: it says it here
+            print(f"mechaway: {err}", file=sys.stderr)
+            return 1
         return code
 
     return run

@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import os
 import re
 import secrets
 import signal
 import ssl
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -394,6 +396,45 @@ def tls_context(s: HubServerSettings) -> ssl.SSLContext | None:
     except (OSError, ssl.SSLError) as err:
         raise ConfigError(f"hub.tls_cert / hub.tls_key: cannot load: {err}") from err
     return ctx
+
+
+class _QuietServerErrors(logging.Filter):
+    """aiohttp's "Error handling request" (HTTP that could not be parsed) as one warning
+    line per burst, not an ERROR with a traceback per request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.burst = BurstLog()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        text = record.getMessage() + (f": {' '.join(str(exc).split())[:200]}" if exc else "")
+        self.burst("unparsable", logging.WARNING, f"aiohttp: {text}")
+        return False
+
+
+def setup_logging(level: str) -> None:
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if "JOURNAL_STREAM" not in os.environ:
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _QuietServerErrors) for f in server_log.filters):
+        server_log.addFilter(_QuietServerErrors())
+
+
+def run_hub(cfg: HubFile) -> int:
+    """``mechaway hub start``: logging, uvloop where installed, ``serve`` until a signal."""
+    setup_logging(cfg.log.level)
+
+    async def main() -> int:
+        return await serve(cfg)
+
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main())
+    return uvloop.run(main())
 
 
 async def serve(cfg: HubFile, *, ready: Callable[[int], None] | None = None) -> int:
