@@ -684,12 +684,12 @@ class HubDb:
             raise Conflict(404, f"no device {device!r}")
         ep = await tx.fetchrow(
             "SELECT base, acked, stored_hi, live_lo, live_hi, dropped, retired FROM epochs"
-            " WHERE device_id = ? AND epoch = ?",
+            " WHERE device_id = ? AND epoch = ?" + tx.for_update,
             device,
             epoch,
         )
         if ep is not None:
-            return ep  # another hub created it while we waited for the device lock
+            return ep  # another request created it while we waited for the device lock
         row = await tx.fetchrow(
             "SELECT COALESCE(MAX(base + stored_hi), 0) FROM epochs WHERE device_id = ?", device
         )
