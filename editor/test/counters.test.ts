@@ -47,10 +47,14 @@ describe("validation errors located on nodes", () => {
         { where: "nodes[0].params.interval", message: "must be > 0" },
         { where: "edges[0]", message: "no such port" },
         { where: "id", message: "bad id" },
+        { where: "nodes[1] (hot).params", node: "hot", message: "missing required key `rules`" },
       ],
       doc,
     );
-    expect(loc.byNode.get("hot")).toEqual([{ where: "nodes[1] (hot).params.rules[0].op", node: "hot", param: "rules", message: "bad op" }]);
+    expect(loc.byNode.get("hot")!.map((e) => [e.param, e.message])).toEqual([
+      ["rules", "bad op"],
+      ["rules", "missing required key `rules`"],
+    ]);
     expect(loc.byNode.get("tick")!.map((e) => [e.param, e.message])).toEqual([
       ["interval", "must be > 0"],
       [undefined, "no such port"],

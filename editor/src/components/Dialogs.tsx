@@ -156,7 +156,7 @@ export interface ImportReportItem {
   [k: string]: unknown;
 }
 
-export function ImportDialog({ flows, report, onOpen, onClose }: { flows: FlowDoc[]; report: ImportReportItem[]; onOpen: (doc: FlowDoc) => void; onClose: () => void }) {
+export function ImportDialog({ flows, report, config, onOpen, onClose }: { flows: FlowDoc[]; report: ImportReportItem[]; config: string; onOpen: (doc: FlowDoc) => void; onClose: () => void }) {
   return (
     <Modal title="Node-RED import" onClose={onClose} testid="import-dialog">
       <h3 className="mb-1 text-sm font-semibold">Flows ({flows.length})</h3>
@@ -183,6 +183,14 @@ export function ImportDialog({ flows, report, onOpen, onClose }: { flows: FlowDo
             </li>
           ))}
         </ul>
+      )}
+      {config.trim() && (
+        <>
+          <h3 className="mt-3 mb-1 text-sm font-semibold">Connections for mechaway.toml</h3>
+          <pre data-testid="import-config" className="overflow-x-auto rounded bg-slate-100 p-2 text-[11px]">
+            {config}
+          </pre>
+        </>
       )}
       <p className="mt-3 text-xs text-slate-500">Nothing is deployed yet: open a flow, check it, then deploy it.</p>
     </Modal>

@@ -49,7 +49,7 @@ type Dialog =
   | { kind: "deploy"; changes: FlowChanges; doc: FlowDoc }
   | { kind: "conflict"; message: string; currentRev: number | null; doc: FlowDoc; review: FlowChanges | null }
   | { kind: "history"; revisions: Revision[] | null }
-  | { kind: "import"; flows: FlowDoc[]; report: ImportReportItem[] };
+  | { kind: "import"; flows: FlowDoc[]; report: ImportReportItem[]; config: string };
 
 interface Notice {
   text: string;
@@ -459,12 +459,12 @@ function EditorInner({ schemas, onLogout }: { schemas: Record<string, JSONSchema
         say(`${file.name} is not JSON: ${String(e)}`, "error");
         return;
       }
-      const r = await call<{ flows?: FlowDoc[]; report?: ImportReportItem[] }>("POST", "/import/nodered", data);
+      const r = await call<{ flows?: FlowDoc[]; report?: ImportReportItem[]; config?: string }>("POST", "/import/nodered", data);
       if (r.status !== 200) {
         say(`import refused: ${errorText(r.body, r.status)}`, "error");
         return;
       }
-      setDialog({ kind: "import", flows: r.body?.flows ?? [], report: r.body?.report ?? [] });
+      setDialog({ kind: "import", flows: r.body?.flows ?? [], report: r.body?.report ?? [], config: typeof r.body?.config === "string" ? r.body.config : "" });
     },
     [say],
   );
@@ -651,7 +651,7 @@ function EditorInner({ schemas, onLogout }: { schemas: Record<string, JSONSchema
         />
       )}
       {dialog?.kind === "history" && <HistoryDialog revisions={dialog.revisions} onRollback={(rev) => void rollback(rev)} onClose={() => setDialog(null)} />}
-      {dialog?.kind === "import" && <ImportDialog flows={dialog.flows} report={dialog.report} onOpen={(d) => void openImported(d)} onClose={() => setDialog(null)} />}
+      {dialog?.kind === "import" && <ImportDialog flows={dialog.flows} report={dialog.report} config={dialog.config} onOpen={(d) => void openImported(d)} onClose={() => setDialog(null)} />}
     </FlowIdContext.Provider>
   );
 }

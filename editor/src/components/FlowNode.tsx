@@ -49,11 +49,15 @@ function NodeErrors({ id }: { id: string }) {
 
 function FlowNodeView({ id, data, selected }: NodeProps<MwNode>) {
   return (
-    <div className={`min-w-[150px] rounded-md border bg-white text-xs shadow-sm ${selected ? "border-sky-500 ring-2 ring-sky-300" : "border-slate-300"}`}>
+    <div className={`min-w-[150px] rounded-md border bg-white text-xs shadow-sm ${selected ? "border-sky-500 ring-2 ring-sky-300" : "border-slate-300"} ${data.extra["disabled"] === true ? "opacity-60" : ""}`}>
       {data.hasInput && <Handle type="target" position={Position.Left} id={INPUT_HANDLE} />}
       <div className={`rounded-t-md px-2 py-1 ${KIND_COLOR[data.kind]}`}>
         <div className="font-semibold text-slate-800">{data.name || id}</div>
-        <div className="text-[10px] text-slate-500">{data.type}{data.name ? ` · ${id}` : ""}</div>
+        <div className="text-[10px] text-slate-500">
+          {data.type}
+          {data.name ? ` · ${id}` : ""}
+          {data.extra["disabled"] === true && <span className="ml-1 rounded bg-slate-600 px-1 text-white">disabled</span>}
+        </div>
       </div>
       <NodeCounters id={id} />
       <div className="pb-1">

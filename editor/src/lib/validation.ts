@@ -22,6 +22,11 @@ export function locate(errors: readonly ValidationError[], doc: FlowDoc): Locate
       if (!node) node = doc.nodes[Number(m[1])]?.id;
       if (!param && m[3]) param = m[3];
     }
+    if (!param) {
+      // msgspec: "missing required key `rules`"
+      const rk = /required key `([A-Za-z0-9_]+)`/.exec(e.message);
+      if (rk) param = rk[1];
+    }
     if (!node) {
       // edges[i] names two nodes: show it on the wire's source
       const em = /^edges\[(\d+)\]/.exec(e.where ?? "");
