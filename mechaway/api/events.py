@@ -31,7 +31,6 @@ from aiohttp import WSMsgType, web
 
 from mechaway.nodes import debug as debug_nodes
 from mechaway.runtime.engine import Engine
-from mechaway.tasks import OwnedTask
 
 log = logging.getLogger("mechaway.api.events")
 
@@ -92,6 +91,8 @@ class Client:
         self.kick = ""
         #: counters messages handed to the socket (tests count them)
         self.counters_sent = 0
+        #: the snapshot at connect goes out even when no flow runs (the editor waits for it)
+        self.snapshot_due = True
 
     def offer(self, text: str, *, droppable: bool) -> None:
         """Queue one event; a full queue drops a droppable one (counted), and a client that
@@ -139,7 +140,8 @@ class EventHub:
         self.auth_timeout_s = auth_timeout_s
         self.max_clients = max_clients
         self.clients: set[Client] = set()
-        self._timer = OwnedTask("mechaway.api.events.sampler")
+        #: the sampler: runs only while a client is connected (cancelled with the last one)
+        self._timer: asyncio.Task[None] | None = None
         #: (flow, node) -> (in, out, errors, dropped) at the last tick
         self._last: dict[tuple[str, str], tuple[int, int, int, int]] = {}
         self._ticks = 0
@@ -173,8 +175,8 @@ class EventHub:
                     self._reply_error(client, "send JSON text messages")
         finally:
             writer.cancel()
+            self._forget(client)  # first, and synchronously: even a cancelled handler does it
             await asyncio.gather(writer, return_exceptions=True)
-            await self._leave(client)
             if not ws.closed:
                 await ws.close()
         return ws
@@ -212,8 +214,11 @@ class EventHub:
         self.clients.add(client)
         if first:
             debug_nodes.TAPS.append(self._on_debug)
-            self._last = {}
-            self._timer.start(self._run)
+            self._last = {}  # the first sample is everything, and the baseline of the next
+            if self._timer is None or self._timer.done():
+                self._timer = asyncio.get_running_loop().create_task(
+                    self._run(), name="mechaway.api.events.sampler"
+                )
         client.offer(
             _dumps(
                 {
@@ -225,18 +230,24 @@ class EventHub:
             ),
             droppable=False,
         )
-        snapshot = self._sample(full=True)
-        client.merge_counters(snapshot)
+        client.merge_counters(self._sample(full=not first))
         status = self._status_text(force=True)
         if status is not None:
             client.offer(status, droppable=False)
 
-    async def _leave(self, client: Client) -> None:
+    def _forget(self, client: Client) -> None:
+        """The client is gone; with the last one the debug tap and the sampler go."""
         self.clients.discard(client)
         if not self.clients:
             if self._on_debug in debug_nodes.TAPS:
                 debug_nodes.TAPS.remove(self._on_debug)
-            await self._timer.stop()
+            if self._timer is not None:
+                self._timer.cancel()
+
+    @property
+    def sampling(self) -> bool:
+        """True while the sampling timer runs (only while an editor is connected)."""
+        return self._timer is not None and not self._timer.done()
 
     def _on_message(self, client: Client, text: str) -> None:
         try:
@@ -285,8 +296,9 @@ class EventHub:
                     await asyncio.wait_for(
                         ws.send_str(client.queue.popleft()), self.send_timeout_s
                     )
-                if client.counters and not client.kick:
+                if (client.counters or client.snapshot_due) and not client.kick:
                     flows, client.counters = client.counters, {}
+                    client.snapshot_due = False
                     client.counters_sent += 1
                     text = _dumps({"type": "counters", "ts": time.time(), "flows": flows})
                     await asyncio.wait_for(ws.send_str(text), self.send_timeout_s)
@@ -370,7 +382,10 @@ class EventHub:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.tick_s)
-            self.tick()
+            try:
+                self.tick()
+            except Exception:  # a bad status function must not end the live view
+                log.exception("events tick failed")
 
     def on_change(self, event: dict[str, Any]) -> None:
         """FlowManager hook: a deploy, rollback or delete was recorded."""
@@ -410,7 +425,10 @@ class EventHub:
                     transport = c.request.transport
                     if transport is not None:
                         transport.abort()
-        await self._timer.stop()
+            self._forget(c)
+        if self._timer is not None:
+            self._timer.cancel()
+            await asyncio.gather(self._timer, return_exceptions=True)
 
 
 def debug_text(flow_id: str, node_id: str, value: Any) -> str:
