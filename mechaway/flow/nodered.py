@@ -111,7 +111,7 @@ class _Mapped:
 def _num(value: Any, what: str, default: float | None = None) -> float:
     """A Node-RED number field (often a string); ``Unmappable`` when it is not one."""
     if value in (None, "") and default is not None:
-        return default
+        return float(default)
     if isinstance(value, bool):
         raise Unmappable(f"{what}: expected a number, got {value!r}")
     try:
