@@ -14,6 +14,7 @@ from mechaway.nodes.shaping import RangeParams, TriggerParams
 from mechaway.runtime.engine import Engine
 from mechaway.testing.flows import deploy, payloads, single, wait_until
 
+
 @pytest_asyncio.fixture
 async def engine() -> Any:
     e = Engine(stop_timeout=2.0)
