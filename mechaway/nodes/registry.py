@@ -39,6 +39,7 @@ BUILTIN_MODULES = (
     "mechaway.nodes.storage",
     "mechaway.nodes.shaping",
     "mechaway.nodes.gpio",
+    "mechaway.nodes.i2c",
 )
 
 

@@ -202,8 +202,6 @@ class InputPin(PinHandle):
         if self.closed or self.device is None:
             return
         self.edges += 1
-        if level == self._level:
-            return  # no change for us (the other half of a bounce we merged)
         if self.bounce_s and mono - self._accepted_at < self.bounce_s:
             # inside the lock-out after an accepted edge: look again when it ends
             self.bounced += 1
@@ -213,7 +211,8 @@ class InputPin(PinHandle):
                     max(0.0, delay), self._settled
                 )
             return
-        self._accept(level, mono, wall)
+        if level != self._level:  # else the echo of a change already reported
+            self._accept(level, mono, wall)
 
     def _settled(self) -> None:
         """End of a lock-out: if the pin ended elsewhere than the last accepted level,
