@@ -36,6 +36,7 @@ __all__ = [
     "decode_message",
     "encode_frame",
     "encode_message",
+    "encode_payload",
     "make_framer",
     "validate_message",
 ]
@@ -281,6 +282,14 @@ def encode_frame(framing: str, payload: bytes) -> bytes:
     if framing == "cobs":
         return cobs_encode(payload + crc16(payload).to_bytes(2, "big")) + b"\x00"
     raise ValueError(f"framing must be one of line, cobs, not {framing!r}")
+
+
+def encode_payload(framing: str, message: dict[str, Any]) -> bytes:
+    """A message's frame content: compact JSON (``line``) or msgpack (``cobs``)."""
+    if framing == "line":
+        return orjson.dumps(message)
+    out: bytes = msgpack.packb(message)
+    return out
 
 
 def encode_message(framing: str, message: dict[str, Any]) -> bytes:
