@@ -37,9 +37,11 @@ BUILTIN_MODULES = (
     "mechaway.nodes.mqtt",
     "mechaway.nodes.logic",
     "mechaway.nodes.storage",
+    "mechaway.nodes.modbus",
     "mechaway.nodes.shaping",
     "mechaway.nodes.gpio",
     "mechaway.nodes.i2c",
+    "mechaway.nodes.serial",
 )
 
 

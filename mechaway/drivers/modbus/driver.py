@@ -28,6 +28,7 @@ What a request can meet, and what the driver does:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -372,6 +373,15 @@ class ModbusDriver(Driver[ModbusSettings]):
                 f"{self.label}: not connected after {timeout} s "
                 f"({self.health.last_error or 'connecting'})"
             ) from None
+
+    async def first_link(self) -> None:
+        """While the very first connection attempt is in progress, wait for it (at most
+        ``timeout``): a request made as the daemon starts is not an outage. Afterwards
+        (the link was up, or an attempt failed) this returns at once."""
+        if self.connected or self.health.last_error is not None:
+            return
+        with contextlib.suppress(NotConnected):
+            await self.wait_connected(self.settings.timeout)
 
     async def _open(self) -> _Link:
         pm = _pymodbus()

@@ -102,7 +102,7 @@ def parse(text: str, name: str, *, where: str = "profile") -> Profile:
     try:
         return msgspec.convert(raw, Profile)
     except msgspec.ValidationError as err:
-        raise ProfileError(located(err, where)) from None
+        raise ProfileError(f"{where}: {located(err)}") from None
 
 
 def reads_of(name: str) -> list[ReadSpec]:
