@@ -245,6 +245,27 @@ async def test_bus_runs_one_transaction_at_a_time_with_a_gap_on_its_thread() -> 
 
 
 @pytest.mark.asyncio
+async def test_bus_is_released_when_a_transaction_fails_or_is_cancelled_in_its_gap() -> None:
+    bus = Bus("rtu[test]", gap=0.5)
+    with pytest.raises(RuntimeError, match="device said no"):
+        async with bus.transaction():
+            raise RuntimeError("device said no")
+    assert not bus.busy and bus.transactions == 1
+    # the next transaction waits out the gap; cancelled there, it leaves the bus free
+    waiting = asyncio.ensure_future(bus.transaction().__aenter__())
+    await asyncio.sleep(0.01)
+    assert bus.busy
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert not bus.busy and bus.transactions == 1
+    bus.gap = 0.0
+    async with bus.transaction():
+        assert bus.busy
+    assert not bus.busy and bus.transactions == 2
+
+
+@pytest.mark.asyncio
 async def test_thread_bridge_runs_callbacks_on_the_loop_thread() -> None:
     bridge = ThreadBridge()
     loop_thread = threading.get_ident()
