@@ -164,7 +164,7 @@ def test_publishes_cut_anywhere_decode_exactly(
     assert decoded == [want for _, want in packets]
     assert [e for e in rig.events if e[0] != "fast"] == [], "a PUBLISH left the fast path"
     assert rig.transport.aborted == 0
-    assert rig.proto._rx == b"", "bytes left over after whole packets"
+    assert rig.proto.framer.rx == b"", "bytes left over after whole packets"
 
 
 @st.composite
@@ -258,7 +258,7 @@ def test_a_malformed_length_aborts_and_keeps_nothing(loop: asyncio.AbstractEvent
     rig = Rig(loop, v5=False)
     rig.feed(b"\x30\xff\xff\xff\xff\x01" + publish_packet("a", b"x"), [])
     assert rig.transport.aborted == 1
-    assert rig.got == [] and rig.proto._rx == b""
+    assert rig.got == [] and rig.proto.framer.rx == b""
 
 
 def test_publish_with_other_properties_goes_to_gmqtt(loop: asyncio.AbstractEventLoop) -> None:

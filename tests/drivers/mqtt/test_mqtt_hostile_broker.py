@@ -20,6 +20,7 @@ import pytest_asyncio
 from test_mqtt_driver import Collect, publish_packet, until, varint
 
 import mechaway.drivers.mqtt as mqtt_mod
+import mechaway.drivers.mqtt.connection as mqtt_connection
 from mechaway.drivers.mqtt import MqttConnection, MqttSettings
 
 CONNACK_V5 = b"\x20\x03\x00\x00\x00"  # accepted, no properties
@@ -426,7 +427,7 @@ async def test_a_broker_over_the_receive_maximum(
     """QoS 1 messages whose async handlers have not finished hold their acks (and tasks):
     a broker that keeps sending past the receive maximum (65535, here lowered to 20) grew
     them without bound; now the session ends, counted, and the next one works."""
-    monkeypatch.setattr(mqtt_mod, "_RECEIVE_MAX", 20)
+    monkeypatch.setattr(mqtt_connection, "_RECEIVE_MAX", 20)
     release = asyncio.Event()
 
     async def slow(msg: Any) -> None:
@@ -533,9 +534,9 @@ def test_a_large_packet_is_gathered_without_copying_at_each_read() -> None:
         for i in range(0, len(data), 1000):
             rig.proto.data_received(data[i : i + 1000])
             if i and i + 1000 < len(data):
-                assert isinstance(rig.proto._rx, bytearray)
+                assert isinstance(rig.proto.framer.rx, bytearray)
         assert [m.payload for m, _, _ in rig.got] == [payload]
-        assert rig.proto._rx == b"" and rig.proto._need == 0
+        assert rig.proto.framer.rx == b"" and rig.proto.framer.need == 0
     finally:
         loop.close()
 
@@ -663,7 +664,7 @@ async def test_a_broker_closing_after_each_connack_gets_a_growing_jittered_backo
             delays.append((a, b))
             return random.uniform(a, b)
 
-    monkeypatch.setattr(mqtt_mod, "random", Recorder)
+    monkeypatch.setattr(mqtt_connection, "random", Recorder)
 
     async def slam(peer: Peer, n: int) -> None:
         await peer.send(CONNACK_V5)

@@ -1,0 +1,966 @@
+"""``MqttConnection``: one broker connection shared by every node that names it.
+
+It knows nothing of flows. It owns reconnection (the driver layer's ``Supervisor``:
+jittered exponential backoff, resubscribe), the device's birth/last-will topic, the
+order and durability of QoS>=1 publishes across outages (through a ``Spool``), and turns
+every bad input (refused or wrong credentials, oversize payloads, a handler that raises,
+a broker that breaks MQTT or goes silent) into a counter and one log line per burst.
+
+The client library (gmqtt, chosen by ``benchmarks/mqtt_clients.py``: ~6x aiomqtt 2's
+throughput at a tenth of its CPU per message) is reached only through
+``gmqtt_seam._GmqttSession``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import logging
+import os
+import random
+import ssl
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future as ThreadFuture
+from dataclasses import dataclass, field
+from typing import Any
+
+from mechaway.drivers.base import Driver, DriverEnv, register_driver
+from mechaway.drivers.mqtt.gmqtt_seam import (
+    _DemotedLog,
+    _gmqtt,
+    _GmqttSession,
+    _Refused,
+    _SessionLost,
+    _Violation,
+)
+from mechaway.drivers.mqtt.settings import MqttSettings
+from mechaway.drivers.mqtt.spool import MemorySpool, Spool
+from mechaway.drivers.mqtt.topics import bad_topic, check_filter, check_topic, topic_matches
+from mechaway.drivers.mqtt.wire import TAKEN_OVER, Incoming
+from mechaway.errors import ConfigError, NotConnected, StoreUnavailable
+
+__all__ = ["Handler", "MqttConnection", "Subscription"]
+
+log = logging.getLogger("mechaway.drivers.mqtt")
+
+Handler = Callable[[Incoming], Awaitable[None] | None]
+
+#: at most this many async handler runs in flight; QoS 0 beyond it is dropped and counted
+_MAX_PENDING_HANDLERS = 10_000
+_ROUTE_CACHE_MAX = 4096
+#: QoS>0 messages a broker may send us unacknowledged (MQTT 5's default receive maximum)
+_RECEIVE_MAX = 65_535
+
+
+@dataclass(eq=False, slots=True)
+class Subscription:
+    """Handle returned by ``MqttConnection.subscribe``; pass it to ``unsubscribe``."""
+
+    topic_filter: str
+    qos: int
+    handler: Handler
+    #: the filter without its ``$share/<group>/`` prefix, used to route messages
+    match_filter: str = ""
+
+
+def _own(payload: bytes) -> bytes:
+    """A copy sized to its content, for payloads the driver keeps (in flight, spooled):
+    orjson's output holds ~4 KB whatever its length, 400 MB for a full default spool."""
+    return memoryview(payload).tobytes()
+
+
+# ---------------------------------------------------------------------------------------
+# Internal bookkeeping
+# ---------------------------------------------------------------------------------------
+@dataclass(eq=False, slots=True)
+class _Out:
+    """A QoS>=1 publish sent on the current session, waiting for its ack (in send order)."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    spool_id: int | None = None  # set when it came from the spool (removed once acked)
+    requeue: bool = True  # False for the birth message: stale on a later session
+    done: bool = False
+    #: resolved once the broker has acknowledged it (``publish(confirm=True)``)
+    confirmed: asyncio.Future[None] | None = None
+
+
+def _resolve(fut: asyncio.Future[None] | None) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(None)
+
+
+def _settle_after(fut: asyncio.Future[None], done: asyncio.Future[Any]) -> None:
+    """``done`` (a store write) finished: resolve ``fut`` if it succeeded, else cancel it."""
+    if not done.cancelled() and done.exception() is None:
+        _resolve(fut)
+    else:
+        fut.cancel()
+
+
+
+_COUNTERS = (
+    "rx",  # messages handed to handlers
+    "tx",  # publishes written to the socket (QoS 0 and >=1, spool drains and resends included)
+    "acked",  # QoS>=1 publishes acknowledged by the broker
+    "spooled",  # publishes put in the spool (offline, or ordering behind the spool)
+    "spool_dropped",  # shed by the spool bound (spool_overflow policy)
+    "resent",  # QoS>=1 publishes sent again after a connection loss
+    "oversize_dropped",  # incoming payloads over max_payload_bytes
+    "tx_oversize_dropped",  # outgoing payloads over max_payload_bytes
+    "qos0_dropped_offline",  # QoS 0 published while offline with offline_qos0="drop"
+    "qos0_dropped_backpressure",  # QoS 0 while the socket buffer is over its cap
+    "rx_dropped_overload",  # QoS 0 in while _MAX_PENDING_HANDLERS async handlers were pending
+    "unrouted",  # messages that matched no subscription (e.g. just unsubscribed)
+    "handler_errors",  # handlers that raised
+    "subscribe_refused",  # SUBACK failure codes
+    "connect_failures",  # attempts that did not end connected
+    "auth_failures",  # attempts refused for credentials/authorisation
+    "broker_disconnects",  # connections the broker ended (DISCONNECT or closing the socket)
+    "session_taken_over",  # ... because another client connected with our client id
+    "protocol_errors",  # sessions ended because the broker broke MQTT (bad packet, type, id)
+    "unexpected_acks",  # PUBACK/PUBREC/PUBCOMP/SUBACK for a packet id not in flight (ignored)
+    "keepalive_timeouts",  # sessions ended: nothing from (or read by) the broker in 2 keepalives
+    "redeliveries_requested",  # sessions ended so the broker redelivers what the store refused
+    "acked_unstored",  # QoS>0 messages acknowledged though the store refused them (clean session)
+)
+
+#: broker faults that end the session (``_GmqttSession.fault``)
+_SESSION_ENDING = frozenset({"protocol_errors", "keepalive_timeouts"})
+
+
+
+# ---------------------------------------------------------------------------------------
+# The connection
+# ---------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class _Burst:
+    """Failures since the connection was last stable: each kind is logged once."""
+
+    kinds: set[str] = field(default_factory=set)
+    failures: int = 0
+    since: float = 0.0
+
+
+@register_driver("mqtt")
+class MqttConnection(Driver[MqttSettings]):
+    """One broker connection shared by all nodes that name it; see the module docstring.
+
+    ``async with MqttConnection(...) as conn`` or ``start()``/``close()``. All methods are
+    called on the event loop's thread. ``[mqtt.default]`` exists without configuration.
+    """
+
+    Settings = MqttSettings
+    implicit_default = True
+
+    def __init__(
+        self,
+        name: str,
+        settings: MqttSettings,
+        env: DriverEnv | None = None,
+        *,
+        device_id: str | None = None,
+        spool: Spool | None = None,
+    ) -> None:
+        super().__init__(name, settings, env)
+        device_id = device_id if device_id is not None else self.env.device_id
+        if not device_id or any(c in device_id for c in "/+#\0"):
+            raise ValueError(f"device id {device_id!r} cannot be part of an MQTT topic")
+        self.device_id = device_id
+        self.client_id = settings.client_id or f"mechaway-{device_id}-{name}"
+        self.status_topic = f"mechaway/{device_id}/status"
+        if spool is None and self.env.spools is not None:
+            spool = self.env.spools.open(
+                "mqtt", name, max_items=settings.spool_max, overflow=settings.spool_overflow
+            )
+        self._spool: Spool = (
+            spool
+            if spool is not None
+            else MemorySpool(max(settings.spool_max, 1), settings.spool_overflow)
+        )
+        self._counters = dict.fromkeys(_COUNTERS, 0)
+        self._lib_log = _DemotedLog(logging.getLogger("mechaway.drivers.mqtt.lib"))
+        self._label = f"mqtt[{name}]"
+        self._state = "new"
+        self._state_since = time.time()
+        self._last_error: str | None = None
+        self._connects = 0
+        self._up_at = 0.0  # when the current session was accepted (monotonic)
+        self._burst = _Burst()
+        self._closing = False
+        self._runner: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+        self._session: _GmqttSession | None = None
+        self._connected = asyncio.Event()
+        # subscriptions: filter -> handles; routing cache: topic -> handlers
+        self._subs: dict[str, list[Subscription]] = {}
+        self._routes: dict[str, tuple[Handler, ...]] = {}
+        # MQTT 5: the broker sends one copy per matching subscription, tagged with its
+        # identifier; routing by identifier delivers each copy to its own handlers only.
+        self._filter_ids: dict[str, int] = {}
+        self._id_handlers: dict[int, tuple[Handler, ...]] = {}
+        self._next_sub_id = itertools.count(1)
+        self._suback_waiters: dict[int, asyncio.Future[None]] = {}
+        # QoS>=1 publishing: in send order, by packet id; retry = resends after a loss
+        self._inflight: deque[_Out] = deque()
+        self._by_mid: dict[int, _Out] = {}
+        self._unacked = 0
+        self._window = settings.max_inflight
+        self._retry: deque[_Out] = deque()
+        self._last_sent_spool_id = 0
+        self._all_acked = asyncio.Event()  # no QoS>=1 publish awaits its ack (or offline)
+        self._all_acked.set()
+        self._handler_tasks: set[asyncio.Task[None]] = set()
+        self._logged_once: set[str] = set()
+        self._good_topics: set[str] = set()  # topics already checked for publishing
+
+    @classmethod
+    def preload(cls, env: DriverEnv) -> list[str]:
+        """Connections with publishes spooled before a restart: they connect at start and
+        drain even if no flow uses them any more."""
+        return env.spools.pending("mqtt") if env.spools is not None else []
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start connecting in the background; never raises for a broker that is down or
+        refuses (see ``status()``). ConfigError for unreadable TLS files."""
+        if self._runner is not None or self._closing:
+            return
+        ssl_ctx = self._ssl_context()
+        _gmqtt()  # import now: an import problem is a start-up error, not a reconnect loop
+        self._state = "connecting"
+        self._runner = asyncio.create_task(
+            self._supervise(ssl_ctx), name=f"{self._label}.supervisor"
+        )
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Publish retained ``offline``, wait (bounded) for acks, disconnect. Idempotent
+        (concurrent calls wait for the first).
+
+        QoS>=1 messages still unacknowledged go back to the spool so a durable spool keeps
+        them for the next start."""
+        if self._closer is None:
+            self._closer = asyncio.create_task(self._close(timeout), name=f"{self._label}.close")
+        await asyncio.shield(self._closer)
+
+    async def _close(self, timeout: float) -> None:
+        self._closing = True
+        deadline = time.monotonic() + timeout
+        session = self._session
+        if session is not None and not session.lost.is_set():
+            if self.settings.birth:
+                self._send(session, _Out(self.status_topic, b"offline", 1, True, requeue=False))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_acked.wait(), deadline - time.monotonic())
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+            self._runner = None
+        if session is not None:
+            self._session = None
+            await session.close(graceful=True, timeout=max(0.1, deadline - time.monotonic()))
+        for task in list(self._handler_tasks):
+            task.cancel()
+        if self._handler_tasks:
+            await asyncio.wait(self._handler_tasks, timeout=max(0.1, deadline - time.monotonic()))
+        self._requeue_unacked()
+        for out in self._retry:  # keep them for the next start (durable spools)
+            waiting = out.confirmed
+            stored = self._spool_append(
+                out.topic, out.payload, out.qos, out.retain, durable=waiting is not None
+            )
+            if waiting is None:
+                continue
+            if stored is None:  # dropped by the bound (counted), or a memory spool
+                waiting.cancel()
+            else:  # a source on another connection may still PUBACK it: once on disk
+                on_disk = asyncio.wrap_future(stored)
+                on_disk.add_done_callback(functools.partial(_settle_after, waiting))
+        self._retry.clear()
+        self._connected.clear()
+        for fut in self._suback_waiters.values():
+            fut.cancel()
+        self._suback_waiters.clear()
+        self._set_state("closed")
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until connected; NotConnected (with the last error) after ``timeout``."""
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError as err:
+            raise NotConnected(
+                f"{self._label}: not connected to {self.settings.host}:{self.settings.port}"
+                f" after {timeout:g} s ({self._state}: {self._last_error or 'no error yet'})"
+            ) from err
+
+    async def wait_subscribed(self, timeout: float = 5.0) -> None:
+        """Wait until the broker acknowledged every SUBSCRIBE sent so far."""
+        waiters = [f for f in self._suback_waiters.values() if not f.done()]
+        if waiters:
+            _, late = await asyncio.wait(waiters, timeout=timeout)
+            if late:
+                raise NotConnected(f"{self._label}: SUBACK not received in {timeout:g} s")
+
+    # -- subscribing ---------------------------------------------------------------------------
+    def subscribe(self, topic_filter: str, qos: int, handler: Handler) -> Subscription:
+        """Call ``handler`` for each message matching ``topic_filter`` (``+``, ``#``,
+        ``$share/group/...``), on this and every later connection.
+
+        A handler may be sync or async. Handlers are called in arrival order; async ones
+        run concurrently. For QoS 1/2 the acknowledgement goes to the broker only after the
+        handlers of that message (and of every earlier one) completed, so a handler that
+        stores the message durably gets at-least-once delivery. A handler that raises is
+        counted and logged; its message is acknowledged all the same (no poison loops).
+        """
+        if qos not in (0, 1, 2):
+            raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
+        sub = Subscription(topic_filter, qos, handler, check_filter(topic_filter))
+        existing = self._subs.get(topic_filter)
+        old_qos = max((s.qos for s in existing), default=-1) if existing else -1
+        self._subs.setdefault(topic_filter, []).append(sub)
+        if topic_filter not in self._filter_ids:
+            self._filter_ids[topic_filter] = next(self._next_sub_id)
+        self._routes_changed()
+        session = self._session
+        if session is not None and qos > old_qos:
+            self._send_subscribe(session, topic_filter, qos)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Stop delivering to ``sub``; the broker subscription goes with its last handler."""
+        subs = self._subs.get(sub.topic_filter)
+        if not subs or sub not in subs:
+            return
+        subs.remove(sub)
+        if not subs:
+            del self._subs[sub.topic_filter]
+            del self._filter_ids[sub.topic_filter]
+        self._routes_changed()
+        if not subs:
+            session = self._session
+            if session is not None:
+                try:
+                    session.unsubscribe([sub.topic_filter])
+                except Exception as err:  # the socket may be going: the loss path resubscribes
+                    self._warn_once("unsubscribe", f"unsubscribe failed: {err!r}")
+
+    def _routes_changed(self) -> None:
+        self._routes.clear()
+        self._id_handlers = {
+            self._filter_ids[flt]: tuple(sub.handler for sub in subs)
+            for flt, subs in self._subs.items()
+        }
+
+    def _send_subscribe(self, session: _GmqttSession, topic_filter: str, qos: int) -> None:
+        try:
+            mid = session.subscribe(topic_filter, qos, self._filter_ids[topic_filter])
+        except Exception as err:
+            session.abort(f"subscribe failed: {err!r}")
+            return
+        self._suback_waiters[mid] = asyncio.get_running_loop().create_future()
+
+    def _on_suback(self, session: _GmqttSession, mid: int, codes: tuple[int, ...]) -> None:
+        fut = self._suback_waiters.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+        refused = [c for c in codes if c >= 0x80]
+        if refused:
+            self._counters["subscribe_refused"] += len(refused)
+            self._warn_once("suback", f"broker refused a subscription (codes {refused})")
+
+    def _route(self, topic: str) -> tuple[Handler, ...]:
+        handlers = self._routes.get(topic)
+        if handlers is None:
+            if bad_topic(topic):  # the message is refused, and the topic not cached
+                return ()
+            handlers = tuple(
+                s.handler
+                for subs in self._subs.values()
+                for s in subs
+                if topic_matches(s.match_filter, topic)
+            )
+            if len(self._routes) >= _ROUTE_CACHE_MAX:
+                self._routes.clear()
+            self._routes[topic] = handlers
+        return handlers
+
+    # -- receiving --------------------------------------------------------------------------
+    def _merged_handlers(self, sub_ids: list[int]) -> tuple[Handler, ...]:
+        """The handlers of several matching filters (``_on_message`` routes the usual
+        zero or one subscription identifier itself)."""
+        merged: dict[int, Handler] = {}  # one call per handler even if two filters match
+        for sub_id in sub_ids:
+            for handler in self._id_handlers.get(sub_id, ()):
+                merged.setdefault(id(handler), handler)
+        return tuple(merged.values())
+
+    def _on_message(
+        self, session: _GmqttSession, msg: Incoming, mid: int | None, sub_ids: list[int] | None
+    ) -> None:
+        counters = self._counters
+        topic = msg.topic
+        entry: list[Any] | None = None
+        if mid is not None:
+            entry = [msg.qos, mid, False]
+        if len(msg.payload) > self.settings.max_payload_bytes:
+            counters["oversize_dropped"] += 1
+            self._warn_once(
+                "oversize",
+                f"dropping incoming payloads over "
+                f"{self.settings.max_payload_bytes} bytes (first on {topic!r})",
+            )
+            self._ack(session, entry)
+            return
+        if not sub_ids:
+            handlers = self._routes.get(topic) or self._route(topic)
+        elif "+" in topic or "#" in topic or "\0" in topic:  # ~25 ns; _route checks the rest
+            handlers = ()
+        elif len(sub_ids) == 1:
+            handlers = self._id_handlers.get(sub_ids[0], ())
+        else:
+            handlers = self._merged_handlers(sub_ids)
+        if not handlers:
+            if bad_topic(topic):
+                session.protocol_error(f"PUBLISH to a topic with a wildcard or NUL: {topic!r}")
+                return
+            counters["unrouted"] += 1
+            self._ack(session, entry)
+            return
+        if entry is None and len(self._handler_tasks) >= _MAX_PENDING_HANDLERS:
+            counters["rx_dropped_overload"] += 1
+            return
+        counters["rx"] += 1
+        pending: list[Awaitable[None]] | None = None
+        for handler in handlers:
+            try:
+                result = handler(msg)
+            except Exception as err:
+                self._handler_failed(topic, err)
+                continue
+            if result is not None:
+                if pending is None:
+                    pending = []
+                pending.append(result)
+        if pending is None:
+            if entry is not None:
+                self._ack(session, entry)
+            return
+        if entry is not None:
+            session.pending_acks.append(entry)
+            if len(session.pending_acks) > _RECEIVE_MAX:
+                self._over_receive_maximum(session)
+        task = asyncio.create_task(
+            self._finish(session, entry, topic, pending), name=f"{self._label}.handler"
+        )
+        self._handler_tasks.add(task)
+        task.add_done_callback(self._handler_tasks.discard)
+
+    async def _finish(
+        self,
+        session: _GmqttSession,
+        entry: list[Any] | None,
+        topic: str,
+        pending: list[Awaitable[None]],
+    ) -> None:
+        unstored: StoreUnavailable | None = None
+        try:
+            for aw in pending:
+                try:
+                    await aw
+                except StoreUnavailable as err:  # the store could not keep it (disk full)
+                    unstored = err
+                except Exception as err:
+                    self._handler_failed(topic, err)
+        finally:
+            if entry is not None:
+                if unstored is not None and not self.settings.clean_session:
+                    self._redeliver(session, unstored)
+                else:
+                    if unstored is not None:
+                        self._acked_unstored(topic, unstored)
+                    entry[2] = True
+                    self._flush_acks(session)
+
+    def _redeliver(self, session: _GmqttSession, err: StoreUnavailable) -> None:
+        """A message the store could not keep is not acknowledged: the session ends, and the
+        broker (persistent session) delivers it again on the next one, after the backoff."""
+        self._counters["redeliveries_requested"] += 1
+        if "redeliver" not in self._logged_once:
+            self._logged_once.add("redeliver")
+            log.warning(
+                "%s: %s; not acknowledged, reconnecting so that the broker delivers it again"
+                " (logged once per burst)",
+                self._label,
+                err,
+            )
+        session.abort(f"store unavailable ({err.reason}): asking the broker to redeliver")
+
+    def _acked_unstored(self, topic: str, err: StoreUnavailable) -> None:
+        """A clean session keeps nothing across a reconnect: ending it would lose this
+        message and every other in flight, so it is acknowledged, counted, and said."""
+        self._counters["acked_unstored"] += 1
+        if "unstored" not in self._logged_once:
+            self._logged_once.add("unstored")
+            log.error(
+                "%s: a message on %r was acknowledged although the store could not keep it"
+                " (%s); with clean_session = false the broker would deliver it again"
+                " (logged once per burst)",
+                self._label,
+                topic,
+                err,
+            )
+
+    def _ack(self, session: _GmqttSession, entry: list[Any] | None) -> None:
+        if entry is None:
+            return
+        if not session.pending_acks:
+            session.send_ack(entry[0], entry[1])
+        else:  # an earlier message's async handler is still running: keep the order
+            entry[2] = True
+            session.pending_acks.append(entry)
+            if len(session.pending_acks) > _RECEIVE_MAX:
+                self._over_receive_maximum(session)
+            self._flush_acks(session)
+
+    @staticmethod
+    def _over_receive_maximum(session: _GmqttSession) -> None:
+        """More QoS>0 messages unacknowledged than the client allows (MQTT 5's receive
+        maximum, 65535 when not sent; a 3.1.1 broker has no more packet ids): a broker
+        that ignores it would grow the acks and handler tasks held without bound."""
+        session.protocol_error(f"over {_RECEIVE_MAX} QoS>0 messages sent unacknowledged")
+
+    @staticmethod
+    def _flush_acks(session: _GmqttSession) -> None:
+        acks = session.pending_acks
+        while acks and acks[0][2]:
+            qos, mid, _ = acks.popleft()
+            session.send_ack(qos, mid)
+
+    def _handler_failed(self, topic: str, err: Exception) -> None:
+        self._counters["handler_errors"] += 1
+        if "handler" not in self._logged_once:
+            self._logged_once.add("handler")
+            log.warning(
+                "%s: a handler raised on %r: %r (counted; logged once per burst)",
+                self._label,
+                topic,
+                err,
+                exc_info=err,
+            )
+
+    # -- publishing ---------------------------------------------------------------------------
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        *,
+        confirm: bool = False,
+    ) -> asyncio.Future[None] | None:
+        """Queue or write one message; never blocks, never raises for a broker outage.
+
+        Connected: QoS 0 is written now (dropped and counted while the socket buffer is
+        over ``max_write_buffer_bytes``); QoS>=1 is written now unless earlier ones wait in
+        the spool or the in-flight window is full, then it queues behind them (order kept).
+        Offline: QoS>=1 goes to the spool, QoS 0 follows ``offline_qos0``. NotConnected
+        after ``close()``; ValueError for a bad topic or QoS.
+
+        ``confirm`` (QoS>=1): returns a future that resolves once the message is safe: the
+        broker acknowledged it (PUBACK, or PUBCOMP for QoS 2), or it is fsynced in the
+        spool. An MQTT QoS 1 source holds its own PUBACK on it, so a message is never
+        acknowledged upstream while only this process's memory holds it. None when there
+        is nothing to wait for (QoS 0, or a drop that was counted).
+        """
+        if self._closing:
+            raise NotConnected(f"{self._label} is closed")
+        if qos not in (0, 1, 2):
+            raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
+        if topic not in self._good_topics:
+            check_topic(topic)
+            if len(self._good_topics) >= _ROUTE_CACHE_MAX:
+                self._good_topics.clear()
+            self._good_topics.add(topic)
+        if len(payload) > self.settings.max_payload_bytes:
+            self._counters["tx_oversize_dropped"] += 1
+            self._warn_once(
+                "tx_oversize",
+                f"refusing to publish payloads over "
+                f"{self.settings.max_payload_bytes} bytes (first on {topic!r})",
+            )
+            return None
+        session = self._session
+        if qos == 0:
+            if session is not None:
+                try:
+                    written = session.publish_qos0(
+                        topic, payload, retain, self.settings.max_write_buffer_bytes
+                    )
+                except Exception as err:
+                    session.abort(f"publish failed: {err!r}")
+                    self._counters["qos0_dropped_offline"] += 1
+                    return None
+                if not written:
+                    self._counters["qos0_dropped_backpressure"] += 1
+                    return None
+                self._counters["tx"] += 1
+            elif self.settings.offline_qos0 == "queue":
+                self._spool_append(topic, payload, 0, retain)
+            else:
+                self._counters["qos0_dropped_offline"] += 1
+            return None
+        if (
+            session is not None
+            and not self._retry
+            and self._unacked < self._window
+            and not len(self._spool)
+        ):
+            out = _Out(topic, _own(payload), qos, retain)
+            if confirm:
+                out.confirmed = asyncio.get_running_loop().create_future()
+            self._send(session, out)
+            return out.confirmed
+        stored = self._spool_append(topic, payload, qos, retain, durable=confirm)
+        if session is not None:
+            self._pump(session)
+        return asyncio.wrap_future(stored) if confirm and stored is not None else None
+
+    def _send(self, session: _GmqttSession, out: _Out) -> None:
+        """Write one queued message on the session, tracked until acked (QoS>=1)."""
+        self._inflight.append(out)
+        if out.qos:
+            self._unacked += 1
+            self._all_acked.clear()
+        try:
+            mid = session.publish(out.topic, out.payload, out.qos, out.retain)
+        except Exception as err:  # library error: treat as a dead connection, keep the message
+            session.abort(f"publish failed: {err!r}")
+            return
+        self._counters["tx"] += 1
+        if out.qos == 0 or mid is None:
+            out.done = True
+            _resolve(out.confirmed)
+            if out.qos:
+                self._unacked -= 1
+                if not self._unacked:
+                    self._all_acked.set()
+            self._complete_head()
+        else:
+            self._by_mid[mid] = out
+
+    def _on_ack(self, session: _GmqttSession, mid: int) -> None:
+        if session is not self._session:
+            return
+        out = self._by_mid.pop(mid, None)
+        if out is None or out.done:
+            self._on_broker_fault(session, "unexpected_acks", f"an ack for packet id {mid}")
+            return
+        out.done = True
+        _resolve(out.confirmed)
+        self._unacked -= 1
+        if not self._unacked:
+            self._all_acked.set()
+        self._counters["acked"] += 1
+        self._complete_head()
+        if (self._retry or len(self._spool)) and (
+            self._window - self._unacked >= max(1, self._window // 2)
+        ):
+            self._pump(session)
+
+    def _complete_head(self) -> None:
+        """Pop acked messages off the head; remove acked spool items, in order."""
+        inflight = self._inflight
+        last_spool_id = 0
+        while inflight and inflight[0].done:
+            out = inflight.popleft()
+            if out.spool_id is not None:
+                last_spool_id = out.spool_id
+        if last_spool_id:
+            self._spool.remove_upto(last_spool_id)
+
+    def _pump(self, session: _GmqttSession) -> None:
+        """Send what waits, oldest first: resends after a loss, then the spool."""
+        while self._retry and self._unacked < self._window and self._session is session:
+            self._counters["resent"] += 1
+            self._send(session, self._retry.popleft())
+        if self._retry or self._session is not session:
+            return
+        room = self._window - self._unacked
+        if room <= 0 or not len(self._spool):
+            return
+        spooled_in_flight = sum(1 for o in self._inflight if o.spool_id is not None)
+        for item in self._spool.peek(spooled_in_flight + room):
+            id_, topic, payload, qos, retain = item
+            if id_ <= self._last_sent_spool_id:
+                continue
+            if self._unacked >= self._window or self._session is not session:
+                break
+            self._last_sent_spool_id = id_
+            self._send(session, _Out(topic, payload, qos, retain, spool_id=id_))
+
+    def _spool_append(
+        self, topic: str, payload: bytes, qos: int, retain: bool, durable: bool = False
+    ) -> ThreadFuture[Any] | None:
+        """Append under the bound and policy; the spool's on-disk future (None: dropped,
+        or a memory spool)."""
+        spool, max_items = self._spool, self.settings.spool_max
+        if len(spool) >= max_items:
+            self._counters["spool_dropped"] += 1
+            self._warn_once(
+                "spool_full",
+                f"spool full ({max_items}): {self.settings.spool_overflow.replace('_', ' ')}",
+            )
+            if self.settings.spool_overflow == "drop_new" or max_items == 0:
+                return None
+            oldest = spool.peek(1)
+            if oldest:
+                spool.remove_upto(oldest[0][0])
+        stored = spool.append(topic, _own(payload), qos, retain, durable)
+        self._counters["spooled"] += 1
+        return stored
+
+    def _requeue_unacked(self) -> None:
+        """After a loss: unacked direct sends go to the head of the retry queue; spooled
+        ones are still in the spool and go again from its oldest."""
+        again = [o for o in self._inflight if not o.done and o.spool_id is None and o.requeue]
+        self._retry.extendleft(reversed(again))
+        self._inflight.clear()
+        self._by_mid.clear()
+        self._unacked = 0
+        self._all_acked.set()
+        self._last_sent_spool_id = 0
+
+    # -- the connection loop -------------------------------------------------------------------
+    def _on_lost(self, session: _GmqttSession, reason: str) -> None:
+        if session is not self._session:
+            return
+        # explained once, here, so the status and the burst log say the same thing
+        reason = self._explain_loss(session, reason, time.monotonic() - self._up_at)
+        session.lost_reason = reason
+        self._session = None
+        self._connected.clear()
+        self._requeue_unacked()
+        for fut in self._suback_waiters.values():
+            fut.cancel()
+        self._suback_waiters.clear()
+        if not self._closing:
+            self._set_state("connecting", reason)
+
+    async def _supervise(self, ssl_ctx: ssl.SSLContext | None) -> None:
+        attempt = 0
+        s = self.settings
+        will = (self.status_topic, b"offline") if s.birth else None
+        while not self._closing:
+            session = _GmqttSession(
+                self,
+                label=self._label,
+                settings=s,
+                client_id=self.client_id,
+                will=will,
+                ssl_ctx=ssl_ctx,
+                lib_log=self._lib_log,
+            )
+            try:
+                try:
+                    await session.connect()
+                except _Refused as err:
+                    self._counters["auth_failures"] += err.auth
+                    self._failed("auth refused" if err.auth else "refused", str(err))
+                except _Violation as err:
+                    self._failed(
+                        "protocol error", f"{s.host}:{s.port}: broker violated MQTT: {err}"
+                    )
+                except (OSError, TimeoutError, _SessionLost) as err:
+                    self._failed("unreachable", f"{s.host}:{s.port}: {err}")
+                except Exception as err:  # a library bug must not end the loop
+                    self._failed("error", repr(err))
+                else:
+                    up_at = time.monotonic()
+                    try:
+                        self._connected_on(session)
+                    except Exception as err:  # a bug here must not end reconnection
+                        log.exception("%s: setting up the connection failed", self._label)
+                        session.abort(f"setup failed: {err!r}")
+                    try:
+                        await asyncio.wait_for(session.lost.wait(), self.settings.stable_after)
+                    except TimeoutError:
+                        self._stable()
+                        await session.lost.wait()
+                    if time.monotonic() - up_at >= self.settings.stable_after:
+                        attempt = 0
+                    if not self._closing:
+                        # a loss the broker's fault caused is its own kind in the burst log
+                        self._failed("lost", session.lost_reason, session.fault)
+            finally:
+                if self._session is not session:  # keep a live one for close()
+                    await session.close(graceful=False, timeout=1.0)
+            if self._closing:
+                return
+            delay = min(s.reconnect_max, s.reconnect_min * 2 ** min(attempt, 30))
+            attempt += 1
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+
+    def _on_broker_fault(self, session: _GmqttSession, counter: str, what: str) -> None:
+        """The broker misbehaved: counted. What ends the session is logged by ``_failed``
+        (the loss or the failed attempt); the rest once per burst here."""
+        self._counters[counter] += 1
+        if session is self._session and counter not in _SESSION_ENDING:
+            self._warn_once(counter, what)
+
+    def _on_dropped_publish(self, session: _GmqttSession, qos: int, mid: int | None) -> None:
+        """An incoming PUBLISH far over ``max_payload_bytes`` was skipped unread."""
+        self._counters["oversize_dropped"] += 1
+        self._warn_once(
+            "oversize",
+            f"dropping incoming payloads over {self.settings.max_payload_bytes} bytes "
+            f"(one skipped unread{'' if mid or not qos else ', its packet id unknown'})",
+        )
+        if mid is not None and qos:
+            self._ack(session, [qos, mid, False])
+
+    def _on_broker_disconnect(self, code: int | None) -> None:
+        self._counters["broker_disconnects"] += 1
+        self._counters["session_taken_over"] += code == TAKEN_OVER
+
+    def _explain_loss(self, session: _GmqttSession, reason: str, lasted: float) -> str:
+        """The loss reason, with what usually causes it when the broker ends a session
+        it has just accepted: a second client with the same id (two daemons with one
+        device id), which then take turns kicking each other out."""
+        if session.disconnect_code == TAKEN_OVER:
+            return f"{reason}: another client connected with client id {self.client_id!r}"
+        if reason == "broker closed the connection" and lasted < self.settings.stable_after:
+            return (
+                f"{reason} {lasted:.1f} s after accepting it (another client using client id "
+                f"{self.client_id!r}? the broker's ACL or limits?)"
+            )
+        return reason
+
+    def _connected_on(self, session: _GmqttSession) -> None:
+        self._session = session
+        self._up_at = time.monotonic()
+        self._connects += 1
+        window = self.settings.max_inflight
+        if session.receive_maximum:
+            # gmqtt refuses a packet id past receive_maximum - 2; keep room for SUBSCRIBEs
+            window = max(1, min(window, session.receive_maximum - 4))
+        self._window = window
+        self._set_state("connected")
+        if self._burst.failures:
+            log.debug("%s: connected after %d failed attempts", self._label, self._burst.failures)
+        elif not self._burst.kinds:
+            log.info(
+                "%s: connected to %s:%d as %s",
+                self._label,
+                self.settings.host,
+                self.settings.port,
+                self.client_id,
+            )
+        for flt, subs in self._subs.items():
+            self._send_subscribe(session, flt, max(sub.qos for sub in subs))
+            if self._session is not session:  # the socket died under the SUBSCRIBE
+                return
+        if self.settings.birth:
+            self._send(session, _Out(self.status_topic, b"online", 1, True, requeue=False))
+        self._pump(session)
+        if self._session is session:
+            self._connected.set()
+
+    def _failed(self, kind: str, message: str, key: str | None = None) -> None:
+        """An attempt failed or a session was lost; logged once per burst for each ``key``
+        (default: ``kind``)."""
+        burst = self._burst
+        key = key or kind
+        if kind != "lost":
+            self._counters["connect_failures"] += 1
+            burst.failures += 1
+        if not burst.since:
+            burst.since = time.monotonic()
+        self._last_error = message
+        self._set_state({"lost": "connecting"}.get(kind, kind), message)
+        if key not in burst.kinds:
+            burst.kinds.add(key)
+            log.warning(
+                "%s: %s: %s (retrying with backoff; logged once per burst)",
+                self._label,
+                kind,
+                message,
+            )
+        else:
+            log.debug("%s: %s: %s", self._label, kind, message)
+
+    def _stable(self) -> None:
+        burst = self._burst
+        if burst.kinds:
+            log.info(
+                "%s: connected and stable again after %d failed attempts in %.1f s",
+                self._label,
+                burst.failures,
+                time.monotonic() - burst.since,
+            )
+        self._burst = _Burst()
+        self._logged_once.clear()
+
+    def _set_state(self, state: str, error: str | None = None) -> None:
+        if state != self._state:
+            self._state = state
+            self._state_since = time.time()
+        if error is not None:
+            self._last_error = error
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._logged_once:
+            self._logged_once.add(key)
+            log.warning("%s: %s (counted; logged once per burst)", self._label, message)
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        s = self.settings
+        if not s.tls:
+            return None
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(s, key)
+            if path is not None and not os.path.isfile(path):
+                raise ConfigError(f"mqtt.{self.name}.{key}: {path} is not a readable file")
+        try:
+            ctx = ssl.create_default_context(cafile=s.ca_file)
+            if s.cert_file:
+                ctx.load_cert_chain(s.cert_file, s.key_file)
+        except (OSError, ssl.SSLError) as err:
+            raise ConfigError(f"mqtt.{self.name}: TLS files: {err}") from err
+        return ctx
+
+    # -- status ------------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._session is not None
+
+    def status(self) -> dict[str, Any]:
+        """State for ``GET /api/v1/status``: JSON-ready."""
+        session = self._session
+        return {
+            "kind": "mqtt",
+            "name": self.name,
+            "broker": f"{self.settings.host}:{self.settings.port}",
+            "client_id": self.client_id,
+            "state": self._state,
+            "connected": session is not None,
+            "since": self._state_since,
+            "last_error": self._last_error,
+            "reconnects": max(0, self._connects - 1),
+            "tcp_nodelay": session.nodelay() if session is not None else None,
+            "subscriptions": sorted(self._subs),
+            "inflight": self._unacked,
+            # received QoS>=1 messages whose PUBACK waits until what the flow made of them
+            # is safe (an outbox commit, a downstream broker's ack, a spool fsync)
+            "acks_held": len(session.pending_acks) if session is not None else 0,
+            "window": self._window,
+            "retry_queue": len(self._retry),
+            "spool": len(self._spool),
+            "counters": dict(self._counters),
+        }
