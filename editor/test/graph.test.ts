@@ -46,7 +46,7 @@ describe("document <-> graph", () => {
     disabled: false,
     nodes: [
       { id: "tick", type: "InjectNode", params: { interval: 1 }, ui: { x: 10, y: 20 } },
-      { id: "mark", type: "ChangeNode", name: "Mark", params: { rules: [] }, ui: { x: 200, y: 20 }, note: "kept" },
+      { id: "mark", type: "ChangeNode", name: "Mark", params: { rules: [] }, ui: { x: 200, y: 20, nodered: { func: "return msg;" } }, note: "kept" },
       { id: "log", type: "LogNode", params: {} },
     ],
     edges: [{ from: "tick", to: "mark" }, { from: "mark", to: "log", port: "error" }],
@@ -57,7 +57,7 @@ describe("document <-> graph", () => {
     expect(g.edges[1]).toMatchObject({ source: "mark", target: "log", sourceHandle: "error", className: "mw-error-edge" });
     const { nodes: _n, edges: _e, ...meta } = doc;
     const back = graphToDoc(meta, g.nodes, g.edges);
-    expect(back.nodes[1]).toEqual({ id: "mark", type: "ChangeNode", name: "Mark", params: { rules: [] }, note: "kept", ui: { x: 200, y: 20 } });
+    expect(back.nodes[1]).toEqual({ id: "mark", type: "ChangeNode", name: "Mark", params: { rules: [] }, note: "kept", ui: { x: 200, y: 20, nodered: { func: "return msg;" } } });
     expect(back.nodes[2]!.ui).toBeDefined(); // laid out
     expect(back.edges).toEqual(doc.edges);
     expect(back.name).toBe("demo");

@@ -14,7 +14,7 @@ from mechaway.testing.daemon import DaemonProc
 
 from .browser import open_editor
 from .conftest import DATA, TOKEN
-from .ui import deploy, select
+from .ui import deploy, node, select
 
 
 def pipe(fid: str, interval: float, payload: Any) -> dict[str, Any]:
@@ -78,7 +78,7 @@ def test_history_lists_revisions_and_rolls_back(browser: Browser, daemon: Daemon
         page.context.close()
 
 
-def test_a_file_changed_meanwhile_is_a_409_with_review_and_reload(
+def test_a_file_flow_changed_meanwhile_is_a_409_with_review_and_reload(
     browser: Browser, daemon: DaemonProc
 ) -> None:
     write_file(daemon, pipe("fromfile", 1.0, "v1"))
@@ -98,7 +98,9 @@ def test_a_file_changed_meanwhile_is_a_409_with_review_and_reload(
         deploy(page)
         dialog = page.get_by_test_id("conflict-dialog")
         expect(dialog).to_be_visible()
-        expect(page.get_by_test_id("conflict-message")).to_contain_text("no longer the active one")
+        # the file is the flow's one truth: the daemon refuses, saying so
+        expect(page.get_by_test_id("conflict-message")).to_contain_text("comes from the file")
+        expect(page.get_by_test_id("conflict-overwrite")).to_have_count(0)
         page.get_by_test_id("conflict-review").click()
         expect(dialog.get_by_test_id("diff-changed")).to_contain_text("tick (params.payload)")
         page.get_by_test_id("conflict-reload").click()
@@ -130,37 +132,45 @@ def test_another_tab_deployed_meanwhile_then_overwrite(
         page.context.close()
 
 
-def test_node_red_import_shows_the_report_and_opens_flows_for_review(
-    page: Page, daemon: DaemonProc
-) -> None:
+def test_node_red_import_shows_the_report_and_opens_flows_for_review(page: Page) -> None:
     page.get_by_test_id("import-nodered").set_input_files(DATA / "greenhouse.json")
     dialog = page.get_by_test_id("import-dialog")
     expect(dialog).to_be_visible()
     items = page.get_by_test_id("import-report-item")
     # the JavaScript function and the JSONata expression are reported, not dropped
-    expect(items.filter(has_text="function")).not_to_have_count(0)
-    expect(items.filter(has_text="JSONata")).not_to_have_count(0)
-    expect(page.get_by_test_id("import-config")).to_contain_text("[mqtt")
-    opener = dialog.locator('[data-testid^="import-open-"]').first
-    fid = (opener.get_attribute("data-testid") or "").removeprefix("import-open-")
-    opener.click()
-    expect(page.locator(".react-flow__node").first).to_be_visible()
-    n_nodes = page.locator(".react-flow__node").count()
-    assert n_nodes >= 5
-    assert daemon.api("GET", f"/flows/{fid}")[0] == 404  # nothing deployed by the import
-    page.get_by_test_id("deploy").click()
-    expect(page.get_by_test_id("diff-added")).to_be_visible()
-    page.get_by_test_id("deploy-confirm").click()
-    expect(page.get_by_test_id("notice")).to_contain_text(f"deployed {fid}")
-    assert len(daemon.get(f"/flows/{fid}")["flow"]["nodes"]) == n_nodes
+    expect(items.filter(has_text="JavaScript")).to_have_count(1)
+    expect(items.filter(has_text="JSONata")).to_have_count(1)
+    expect(page.get_by_test_id("import-config")).to_contain_text("[mqtt.local]")
+    page.get_by_test_id("import-open-greenhouse").click()
+    expect(dialog).to_be_hidden()
+    nodes = page.locator(".react-flow__node")
+    expect(nodes).to_have_count(7)
+    # the function node came in disabled, its JavaScript kept for a person to port
+    function = node(page, "0e1d2c3b4a596877")
+    expect(function).to_contain_text("disabled")
+    # the switch's two outputs are ports, wired as in Node-RED
+    switch = node(page, "9a8b7c6d5e4f3a21")
+    expect(switch.locator('[data-handleid="rule1"]')).to_be_visible()
+    expect(page.locator(".react-flow__edge")).to_have_count(7)
+    expect(page.get_by_test_id("dirty")).to_be_visible()
 
 
-def test_node_red_import_of_two_tabs_gives_two_flows(page: Page) -> None:
+def test_node_red_import_of_two_tabs_then_deploy_one(page: Page, daemon: DaemonProc) -> None:
     page.get_by_test_id("import-nodered").set_input_files(DATA / "two_tabs.json")
     dialog = page.get_by_test_id("import-dialog")
     expect(dialog.locator('[data-testid^="import-open-"]')).to_have_count(2)
     # a dashboard gauge has no mechaway equivalent: named in the report
     expect(page.get_by_test_id("import-report-item").filter(has_text="ui_gauge")).to_have_count(1)
-    dialog.locator('[data-testid^="import-open-"]').first.click()
-    # link nodes and the junction became direct wires
-    expect(page.locator(".react-flow__edge")).not_to_have_count(0)
+    assert daemon.api("GET", "/flows/line_1")[0] == 404  # the import deployed nothing
+    page.get_by_test_id("import-open-line_1").click()
+    # link out -> link in -> junction became direct wires: inject -> delay, debug
+    expect(page.locator(".react-flow__node")).to_have_count(3)
+    expect(page.locator(".react-flow__edge")).to_have_count(3)
+    page.get_by_test_id("deploy").click()
+    expect(page.get_by_test_id("diff-added")).to_contain_text("aa00000000000001")
+    page.get_by_test_id("deploy-confirm").click()
+    expect(page.get_by_test_id("notice")).to_contain_text("deployed line_1")
+    stored = daemon.get("/flows/line_1")["flow"]
+    assert len(stored["nodes"]) == 3
+    # what the importer noted in ``ui`` survives the editor
+    assert stored["nodes"][0]["ui"]["nodered"]["type"] == "inject"

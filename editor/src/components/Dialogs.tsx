@@ -1,10 +1,15 @@
-import type { ReactNode } from "react";
+import { useEffect, type ReactNode } from "react";
 import type { FlowChanges } from "../lib/diff";
 import { isEmpty } from "../lib/diff";
 import type { Revision } from "../lib/api";
 import type { FlowDoc } from "../lib/types";
 
 export function Modal({ title, children, onClose, testid }: { title: string; children: ReactNode; onClose: () => void; testid: string }) {
+  useEffect(() => {
+    const onKey = (e: KeyboardEvent) => e.key === "Escape" && onClose();
+    window.addEventListener("keydown", onKey);
+    return () => window.removeEventListener("keydown", onKey);
+  }, [onClose]);
   return (
     <div className="fixed inset-0 z-50 flex items-center justify-center bg-slate-900/30" onMouseDown={(e) => e.target === e.currentTarget && onClose()}>
       <div data-testid={testid} role="dialog" aria-label={title} className="max-h-[85vh] w-[560px] overflow-y-auto rounded-lg bg-white p-5 shadow-xl">
@@ -75,27 +80,25 @@ export function ConflictDialog(props: {
 }) {
   const { message, currentRev, review } = props;
   return (
-    <Modal title="Deployed meanwhile" onClose={props.onClose} testid="conflict-dialog">
+    <Modal title={currentRev !== null ? "Deployed meanwhile" : "Not deployed"} onClose={props.onClose} testid="conflict-dialog">
       <p className="mb-2 text-sm" data-testid="conflict-message">
         {message}
       </p>
       {currentRev !== null && <p className="mb-3 text-xs text-slate-500">The daemon now runs revision {currentRev}.</p>}
       {review && (
         <div className="mb-3 rounded border border-slate-200 p-2">
-          <p className="mb-1 text-xs text-slate-500">What your deploy would change on top of revision {currentRev}:</p>
+          <p className="mb-1 text-xs text-slate-500">What your version changes against the one running now{currentRev !== null ? ` (revision ${currentRev})` : ""}:</p>
           <ChangesView changes={review} />
         </div>
       )}
       <div className="flex justify-end gap-2">
+        <button className={plainBtn} data-testid="conflict-review" onClick={props.onReview}>
+          Review
+        </button>
         {currentRev !== null && (
-          <>
-            <button className={plainBtn} data-testid="conflict-review" onClick={props.onReview}>
-              Review
-            </button>
-            <button className={dangerBtn} data-testid="conflict-overwrite" onClick={props.onOverwrite}>
-              Overwrite
-            </button>
-          </>
+          <button className={dangerBtn} data-testid="conflict-overwrite" onClick={props.onOverwrite}>
+            Overwrite
+          </button>
         )}
         <button className={primaryBtn} data-testid="conflict-reload" onClick={props.onReload}>
           Reload theirs

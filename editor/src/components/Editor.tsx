@@ -227,7 +227,7 @@ function EditorInner({ schemas, onLogout }: { schemas: Record<string, JSONSchema
         const res = await validate(doc);
         if (seq !== validSeq.current) return;
         const where = locate(res.errors, doc);
-        publishErrors(where);
+        publishErrors(where, locate(res.warnings, doc));
         setFlowErrors(where.flow);
         setValidity(!res.available ? "unavailable" : res.ok ? "ok" : "errors");
       } catch {
@@ -524,7 +524,7 @@ function EditorInner({ schemas, onLogout }: { schemas: Record<string, JSONSchema
           </button>
           {loaded && (
             <span data-testid="flow-source" className={`rounded px-2 py-0.5 text-xs ${isFile ? "bg-amber-100 text-amber-800" : "bg-slate-100 text-slate-600"}`}>
-              {isFile ? `from file${loaded.file ? ` ${loaded.file}` : ""}` : `from ${loaded.source}`} · rev {loaded.rev ?? "?"}
+              {isFile ? `from file${loaded.file ? ` ${loaded.file}` : ""} (change it there)` : `from ${loaded.source}`} · rev {loaded.rev ?? "?"}
             </span>
           )}
           {dirty && <span className="text-xs text-amber-700" data-testid="dirty">unsaved changes</span>}

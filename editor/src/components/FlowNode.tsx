@@ -2,7 +2,7 @@ import { createContext, memo, useContext } from "react";
 import { Handle, Position, type NodeProps } from "@xyflow/react";
 import { counterKey, counters } from "../lib/counters";
 import { useKeyed } from "../lib/store";
-import { nodeErrors } from "../lib/validation";
+import { nodeErrors, nodeWarnings } from "../lib/validation";
 import { INPUT_HANDLE, type MwNode } from "../lib/graph";
 
 /** The id of the flow on the canvas (counters are keyed ``flow/node``). */
@@ -36,7 +36,15 @@ function NodeCounters({ id }: { id: string }) {
 
 function NodeErrors({ id }: { id: string }) {
   const errs = useKeyed(nodeErrors, id);
-  if (!errs?.length) return null;
+  const warns = useKeyed(nodeWarnings, id);
+  if (!errs?.length) {
+    if (!warns?.length) return null;
+    return (
+      <div data-testid="validation-warning" title={warns.map((w) => w.message).join("\n")} className="max-w-[220px] truncate border-t border-amber-200 bg-amber-50 px-2 py-0.5 text-[10px] text-amber-800">
+        {warns[0]!.message}
+      </div>
+    );
+  }
   const text = errs.map((e) => (e.param ? `${e.param}: ${e.message}` : e.message)).join("\n");
   return (
     <div data-testid="validation-error" title={text} className="max-w-[220px] truncate border-t border-red-200 bg-red-50 px-2 py-0.5 text-[10px] text-red-700">

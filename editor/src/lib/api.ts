@@ -126,19 +126,22 @@ export async function loadSchemas(): Promise<Record<string, JSONSchema>> {
 export interface ValidateResult {
   ok: boolean;
   errors: ValidationError[];
+  /** what deploys but may not be meant (an unwired input, a disabled node) */
+  warnings: ValidationError[];
   /** false when the daemon has no validate endpoint */
   available: boolean;
 }
 
 export async function validate(doc: FlowDoc): Promise<ValidateResult> {
-  const r = await call<{ ok?: boolean; errors?: ValidationError[]; issues?: ValidationError[] }>("POST", "/validate", doc);
-  if (r.status === 404 || r.status === 405) return { ok: true, errors: [], available: false };
-  if (r.status === 200) return { ok: true, errors: [], available: true };
+  const r = await call<{ ok?: boolean; errors?: ValidationError[]; issues?: ValidationError[]; warnings?: ValidationError[] }>("POST", "/validate", doc);
+  if (r.status === 404 || r.status === 405) return { ok: true, errors: [], warnings: [], available: false };
+  const warnings = Array.isArray(r.body?.warnings) ? r.body.warnings : [];
+  if (r.status === 200) return { ok: true, errors: [], warnings, available: true };
   const errs = r.body?.errors ?? r.body?.issues ?? [];
   if (!errs.length) {
-    return { ok: false, errors: [{ where: "", message: errorText(r.body, r.status) }], available: true };
+    return { ok: false, errors: [{ where: "", message: errorText(r.body, r.status) }], warnings, available: true };
   }
-  return { ok: false, errors: errs, available: true };
+  return { ok: false, errors: errs, warnings, available: true };
 }
 
 export interface Revision {

@@ -12,6 +12,8 @@ export interface MwNodeData extends Record<string, unknown> {
   hasInput: boolean;
   /** keys of the node document the editor does not edit, kept as they were */
   extra: Record<string, unknown>;
+  /** the node's ``ui`` keys besides x/y (an importer's notes...), kept as they were */
+  uiExtra: Record<string, unknown>;
 }
 
 export type MwNode = Node<MwNodeData, "mw">;
@@ -85,6 +87,7 @@ export function makeNode(
   position: { x: number; y: number },
   name = "",
   extra: Record<string, unknown> = {},
+  uiExtra: Record<string, unknown> = {},
 ): MwNode {
   return {
     id,
@@ -98,6 +101,7 @@ export function makeNode(
       ports: portsFor(meta, params),
       hasInput: meta ? meta.kind !== "source" : true,
       extra,
+      uiExtra,
     },
   };
 }
@@ -143,7 +147,8 @@ export function docToGraph(doc: FlowDoc, metas: ReadonlyMap<string, TypeMeta>): 
   const nodes = doc.nodes.map((n) => {
     const { id, type, params, name, ui, ...extra } = n;
     const pos = isPos(ui) ? { x: ui.x, y: ui.y } : layout!.get(id)!;
-    return makeNode(id, type, metas.get(type), params ?? {}, pos, name ?? "", extra);
+    const { x: _x, y: _y, ...uiExtra } = (typeof ui === "object" && ui !== null ? ui : {}) as Record<string, unknown>;
+    return makeNode(id, type, metas.get(type), params ?? {}, pos, name ?? "", extra, uiExtra);
   });
   const edges = (doc.edges ?? []).map((e) => makeEdge(e.from, e.port ?? "out", e.to));
   return { nodes, edges };
@@ -163,7 +168,7 @@ export function graphToDoc(meta: FlowMeta, nodes: readonly MwNode[], edges: read
     if (n.data.name) d.name = n.data.name;
     d.params = n.data.params;
     Object.assign(d, n.data.extra);
-    d.ui = { x: Math.round(n.position.x), y: Math.round(n.position.y) };
+    d.ui = { ...n.data.uiExtra, x: Math.round(n.position.x), y: Math.round(n.position.y) };
     return d;
   });
   const outEdges: FlowEdgeDoc[] = edges.map((e) => {

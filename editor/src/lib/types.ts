@@ -3,6 +3,7 @@
 export interface NodeUi {
   x: number;
   y: number;
+  [key: string]: unknown;
 }
 
 export interface FlowNodeDoc {

@@ -50,6 +50,10 @@ export const nodeErrors = new KeyedStore<ValidationError[]>();
 const sameErrors = (a: ValidationError[], b: ValidationError[]) =>
   a.length === b.length && a.every((e, i) => e.message === b[i]!.message && e.param === b[i]!.param && e.line === b[i]!.line);
 
-export function publishErrors(located: Located): void {
+/** Warnings per node id (deploys, but maybe not what was meant). */
+export const nodeWarnings = new KeyedStore<ValidationError[]>();
+
+export function publishErrors(located: Located, warnings?: Located): void {
   nodeErrors.replaceAll(located.byNode.entries(), sameErrors);
+  nodeWarnings.replaceAll((warnings?.byNode ?? new Map<string, ValidationError[]>()).entries(), sameErrors);
 }
