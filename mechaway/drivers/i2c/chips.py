@@ -226,13 +226,22 @@ SHT31_MEASURE = {"high": (0x24, 0x00), "medium": (0x24, 0x0B), "low": (0x24, 0x1
 SHT31_MEASURE_S = {"high": 0.0155, "medium": 0.0065, "low": 0.0045}
 
 
+def _shift8(crc: int) -> int:
+    for _ in range(8):
+        crc = ((crc << 1) ^ 0x31) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+    return crc
+
+
+#: the register after shifting each byte value through the polynomial: one lookup a byte
+_CRC8_TABLE = tuple(_shift8(b) for b in range(256))
+
+
 def crc8(data: bytes | bytearray | list[int]) -> int:
     """Sensirion's CRC-8: polynomial 0x31, init 0xFF, no reflection, no final XOR."""
     crc = 0xFF
+    table = _CRC8_TABLE
     for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x31) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+        crc = table[crc ^ byte]
     return crc
 
 
