@@ -57,6 +57,9 @@ class Api:
             if err.code == 401:
                 raise CliError(
                     "the daemon refused the token (set --token or MECHAWAY_API_TOKEN)"
+                    if self.token
+                    else "the daemon needs a token and none was found (--token, api.token,"
+                    " or the api-token file in the daemon's data directory: --data-dir)"
                 ) from err
             if err.code == 400 and isinstance(payload.get("issues"), list):
                 from mechaway.errors import Issue
@@ -85,21 +88,53 @@ def _quote(flow_id: str) -> str:
 
 
 def _api(args: argparse.Namespace) -> Api:
+    """A client of the daemon this machine's config names: its URL from ``api.listen``,
+    its token from ``--token``, ``api.token`` (or ``MECHAWAY_API_TOKEN``), else the token
+    the daemon generated into its data directory."""
     from mechaway.settings import TOKEN_RE
 
     url, token = args.url, args.token
     if token and not TOKEN_RE.fullmatch(token):
         raise CliError("--token: must be printable ASCII without blanks")
+    if url is not None and "://" not in url:
+        raise CliError(f"--url: {url!r} needs a scheme: http://{url} (or https://)")
     if url is None or token is None:
         settings = _settings(args)
+        if args.data_dir:
+            import msgspec
+
+            settings = msgspec.structs.replace(
+                settings, device=msgspec.structs.replace(settings.device, data_dir=args.data_dir)
+            )
         if url is None:
             from mechaway.settings import parse_listen
 
             host, port = parse_listen(settings.api.listen)
             host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-            url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-        token = token if token is not None else settings.api.token
+            scheme = "https" if settings.api.tls_cert else "http"
+            url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
+        if token is None:
+            token = settings.api.token or _token_file(settings.data_dir)
     return Api(url, token)
+
+
+def _token_file(data_dir: Path) -> str | None:
+    """The token the daemon generated; a file we may not read is named, not ignored."""
+    from mechaway.api.auth import token_path
+
+    path = token_path(data_dir)
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return None
+    except PermissionError:
+        raise CliError(
+            f"cannot read the daemon's token in {path} (permission denied): run as its"
+            " user or root (sudo), or pass --token"
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise CliError(f"cannot read the daemon's token in {path}: {err}") from None
+    return text or None
 
 
 def _print(data: Any) -> None:
@@ -123,11 +158,12 @@ def cmd_start(args: argparse.Namespace) -> int:
             settings, device=msgspec.structs.replace(settings.device, data_dir=args.data_dir)
         )
     if args.listen is not None:
-        from mechaway.settings import is_loopback, parse_listen
+        from mechaway.settings import exposure_problem, parse_listen
 
         host, _ = parse_listen(args.listen, "--listen")
-        if not settings.api.token and not is_loopback(host):
-            raise ConfigError(f"--listen: refusing to listen on {host} without api.token")
+        problem = exposure_problem(settings.api, host)
+        if problem is not None:
+            raise ConfigError(f"--listen: {problem[1]}")
         settings = msgspec.structs.replace(
             settings, api=msgspec.structs.replace(settings.api, listen=args.listen)
         )
@@ -186,8 +222,86 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    _print(_api(args).call("GET", "/status"))
+    status = _api(args).call("GET", "/status")
+    if args.json:
+        _print(status)
+    else:
+        print(render_status(status, now=time.time()))
     return 0
+
+
+def _age(ts: Any, now: float) -> str:
+    """Epoch seconds as an age: ``12s ago``, ``3m ago``, ``2h ago``, ``4d ago``."""
+    if not isinstance(ts, (int, float)) or not ts:
+        return "-"
+    d = max(0.0, now - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if d >= size:
+            return f"{int(d // size)}{unit} ago"
+    return f"{int(d)}s ago"
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "-"
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return f"{d}d {h}h" if d else (f"{h}h {m}m" if h else (f"{m}m {s}s" if m else f"{s}s"))
+
+
+def render_status(st: dict[str, Any], *, now: float) -> str:
+    """The daemon's status for a person: problems first, then flows with their nodes,
+    connections and the store, times as ages (``--json`` gives all of it to scripts)."""
+    lines = [
+        f"mechaway {st.get('version', '?')} on {st.get('device', '?')},"
+        f" up {_duration(st.get('uptime_s'))}"
+    ]
+    api = st.get("api") or {}
+    if api.get("enabled"):
+        extra = " + read-only token" if api.get("read_token") else ""
+        scheme = "https" if api.get("tls") else "http"
+        lines.append(f"api: {scheme} on {api.get('listen')}, auth: {api.get('auth')}{extra}")
+    problems = st.get("problems") or []
+    lines.append("problems: none" if not problems else "problems:")
+    lines += [f"  ! {p}" for p in problems]
+    flows = st.get("flows") or {}
+    lines.append(f"flows: {len(flows)}")
+    for fid, flow in flows.items():
+        name = f"  ({flow['name']})" if flow.get("name") else ""
+        lines.append(
+            f"  {fid}  rev {flow.get('rev')}  deployed {_age(flow.get('deployed_at'), now)}{name}"
+        )
+        nodes = flow.get("nodes") or {}
+        width = max((len(n) for n in nodes), default=4)
+        for nid, node in nodes.items():
+            counts = (
+                f"in {node.get('in', 0):>8}  out {node.get('out', 0):>8}"
+                f"  errors {node.get('errors', 0):>5}"
+            )
+            if node.get("dropped"):
+                counts += f"  dropped {node['dropped']}"
+            if "queue" in node:
+                counts += f"  queue {node['queue']}/{node.get('queue_size')}"
+            lines.append(f"    {nid:<{width}}  {node.get('type', '?'):<18} {counts}")
+            if node.get("last_error"):
+                when = _age(node.get("last_error_ts"), now)
+                text = str(node["last_error"])[:120]
+                lines.append(f"    {'':<{width}}  last error {when}: {text}")
+    for name, err in (st.get("flow_file_errors") or {}).items():
+        lines.append(f"  file {name}: {str(err).splitlines()[0][:160] if err else ''}")
+    conns = st.get("connections") or {}
+    if conns:
+        lines.append(f"connections: {len(conns)}")
+        for name, c in conns.items():
+            down = c.get("last_error") and c.get("state") != "connected"
+            why = f" ({c['last_error']})" if down else ""
+            lines.append(
+                f"  {name}  {c.get('state')} since {_age(c.get('since'), now)}"
+                f"  reconnects {c.get('reconnects', 0)}{why}"
+            )
+    return "\n".join(lines)
 
 
 def cmd_flows(args: argparse.Namespace) -> int:
@@ -251,47 +365,82 @@ def _issue(where: str, message: str) -> Any:
     return Issue(where, message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mechaway", description=__doc__)
-    p.add_argument("--version", action="version", version=f"mechaway {__version__}")
-    p.add_argument("--config", "-c", help="config file (default: $MECHAWAY_CONFIG or built-in)")
-    p.add_argument("--url", help="admin API URL (default: from the config's api.listen)")
-    p.add_argument("--token", help="admin API token (default: api.token / MECHAWAY_API_TOKEN)")
-    sub = p.add_subparsers(dest="command", required=True)
+DESCRIPTION = """mechaway: an edge/IoT runtime for fast telemetry microflows.
 
-    s = sub.add_parser("start", help="run the daemon in the foreground")
+Run the daemon with `mechaway start`; the other commands talk to a running daemon
+(found through the config's api.listen, its token through api.token or the api-token
+file the daemon keeps in its data directory) or work offline (validate, schema)."""
+
+#: options every command takes, before or after its name; SUPPRESS keeps a value given
+#: before the command from being reset by the subcommand's default
+_COMMON = (
+    (("--config", "-c"), "config file (default: $MECHAWAY_CONFIG, else"
+     " /etc/mechaway/mechaway.toml if it exists, else built-in defaults)"),
+    (("--url",), "admin API URL, e.g. http://127.0.0.1:7700 (default: from api.listen)"),
+    (("--token",), "admin API token (default: api.token, MECHAWAY_API_TOKEN, or the"
+     " daemon's api-token file)"),
+    (("--data-dir",), "the daemon's data directory (default: device.data_dir)"),
+)  # fmt: skip
+
+
+def _common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    group = parser.add_argument_group("common options")
+    for flags, text in _COMMON:
+        group.add_argument(*flags, help=text, default=None if top else argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="mechaway", description=DESCRIPTION, formatter_class=fmt)
+    p.add_argument("--version", action="version", version=f"mechaway {__version__}")
+    _common(p, top=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=text, description=text)
+        _common(c)
+        return c
+
+    s = command("start", "run the daemon in the foreground (Ctrl-C or SIGTERM stops it)")
     s.add_argument("--flows", help="directory of flow files to watch (overrides flows.dir)")
-    s.add_argument("--data-dir", help="where the SQLite file lives (overrides device.data_dir)")
     s.add_argument("--listen", help="admin API host:port (overrides api.listen)")
     s.set_defaults(fn=cmd_start)
 
-    v = sub.add_parser("validate", help="check flow files; exit 1 with located errors")
+    v = command("validate", "check flow files offline; exit 1 with located errors")
     v.add_argument("files", nargs="+")
     v.set_defaults(fn=cmd_validate)
 
-    sc = sub.add_parser("schema", help="JSON Schema of node params (all, or one type)")
+    sc = command("schema", "JSON Schema of node params (all types, or one)")
     sc.add_argument("type", nargs="?")
     sc.set_defaults(fn=cmd_schema)
 
-    st = sub.add_parser("status", help="per flow and node counters from the running daemon")
+    st = command("status", "what the running daemon does: problems, flows, nodes, connections")
+    st.add_argument("--json", action="store_true", help="the whole status as JSON, for scripts")
     st.set_defaults(fn=cmd_status)
 
-    nr = sub.add_parser("import-nodered", help="Node-RED flows.json -> flow files + a report")
+    nr = command("import-nodered", "Node-RED flows.json -> flow files + a report")
     nr.add_argument("file")
     nr.add_argument("--out", help="write one flow file per tab here (default: print them)")
     nr.set_defaults(fn=cmd_import_nodered)
 
-    pl = sub.add_parser("plugins", help="node-type plugins the running daemon loaded")
+    pl = command("plugins", "node-type plugins the running daemon loaded")
     pl.add_argument("action", choices=["list"])
     pl.set_defaults(fn=cmd_plugins)
 
-    f = sub.add_parser("flows", help="manage flows on the running daemon")
-    fs = f.add_subparsers(dest="action", required=True)
-    fs.add_parser("list")
-    for name in ("show", "delete", "history"):
-        fs.add_parser(name).add_argument("id")
-    fs.add_parser("deploy").add_argument("file")
-    rb = fs.add_parser("rollback")
+    f = command("flows", "manage flows on the running daemon")
+    fs = f.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, text: str) -> argparse.ArgumentParser:
+        a = fs.add_parser(name, help=text, description=text)
+        _common(a)
+        return a
+
+    action("list", "every flow: revision, state, where it came from")
+    action("show", "one flow's document and revision").add_argument("id")
+    action("delete", "stop a flow and delete it").add_argument("id")
+    action("history", "every revision of a flow, with its source").add_argument("id")
+    action("deploy", "deploy a flow file through the API").add_argument("file")
+    rb = action("rollback", "deploy an earlier revision again (as a new revision)")
     rb.add_argument("id")
     rb.add_argument("rev", type=int)
     f.set_defaults(fn=cmd_flows)
@@ -304,6 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for flags, _ in _COMMON:  # given nowhere: None, as the top-level parser's default
+        name = flags[0].lstrip("-").replace("-", "_")
+        if not hasattr(args, name):
+            setattr(args, name, None)
     try:
         code: int = args.fn(args)
     except FlowError as err:

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -20,7 +21,7 @@ from mechaway.errors import ConfigError
 from mechaway.nodes.context import Services
 from mechaway.runtime.engine import Engine
 from mechaway.runtime.manager import FlowDirWatcher, FlowManager
-from mechaway.settings import Settings, parse_listen
+from mechaway.settings import Settings, is_loopback, parse_listen
 from mechaway.store.context import ContextKeeper
 from mechaway.store.db import Database
 from mechaway.store.flows import FlowStore
@@ -194,6 +195,12 @@ class Daemon:
             ),
         )
         self.services.drivers = self.drivers
+        self._lock_fd: int | None = None
+        self._began = False
+        self._token: str | None = None
+        self._token_source = ""
+        self._guard: Any = None
+        self._ssl: ssl.SSLContext | None = None
 
     # -- status -----------------------------------------------------------------------------
     def _hub_problems(self) -> list[str]:
@@ -219,7 +226,20 @@ class Daemon:
             },
             "plugins": self.plugin_reports(),
             "hub": self.hub.status() if self.hub is not None else None,
+            "api": self._api_status(),
         }
+
+    def _api_status(self) -> dict[str, Any]:
+        """Which auth is in force (never a token): ``mechaway status`` shows it."""
+        api = self.settings.api
+        if not api.enabled:
+            return {"enabled": False}
+        out: dict[str, Any] = {"enabled": True, "listen": api.listen, "tls": bool(api.tls_cert)}
+        if self._guard is not None:
+            out.update(self._guard.status())
+        else:
+            out.update({"auth": api.auth, "token_source": self._token_source or None})
+        return out
 
     # -- lifecycle --------------------------------------------------------------------------
     def plugin_reports(self, *, scan: bool = False) -> list[dict[str, Any]]:
@@ -245,9 +265,87 @@ class Daemon:
             except Exception:
                 log.exception("scanning %s failed", self.packs.directory)
 
+    def _lock_data_dir(self) -> None:
+        """Take the data directory for this daemon alone, before anything is touched.
+
+        A second ``mechaway start`` on the same directory exits here, naming the pid that
+        holds it, having opened no database, connected to no broker and started no flow.
+        """
+        import fcntl
+
+        data_dir = self.settings.data_dir
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(data_dir / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise ConfigError(
+                f"cannot create the data directory {data_dir}: {err.strerror or err}"
+            ) from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(
+                f"data directory {data_dir} is in use by another mechaway daemon (pid"
+                f" {holder}): stop it first, or give this one another --data-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _close_api_socket(self) -> None:
+        if self._api_sock is not None:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self._api_sock.fileno())
+            self._api_sock.close()
+            self._api_sock = None
+
+    def _unlock_data_dir(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def _api_token(self) -> None:
+        """The admin token: configured, or generated once into the data directory."""
+        from mechaway.api.auth import ensure_token_file, token_path
+
+        api = self.settings.api
+        if not api.enabled:
+            return
+        if api.auth == "none":
+            log.warning(
+                "api: AUTH IS OFF (api.auth = \"none\"): any process on this machine can"
+                " deploy flows and drive actuators through %s",
+                api.listen,
+            )
+            return
+        if api.token is not None:
+            self._token, self._token_source = api.token, "api.token"
+            return
+        try:
+            self._token, created = ensure_token_file(self.settings.data_dir)
+        except OSError as err:
+            raise ConfigError(
+                f"api token file {token_path(self.settings.data_dir)}: {err.strerror or err}"
+            ) from err
+        self._token_source = str(token_path(self.settings.data_dir))
+        log.info(
+            "api: token %s %s (the mechaway CLI on this machine reads it there)",
+            "created in" if created else "read from",
+            self._token_source,
+        )
+
     async def start(self) -> None:
         from mechaway.nodes import plugins
 
+        # first what makes a second daemon leave without touching anything: the data
+        # directory's lock and the API's port
+        self._lock_data_dir()
+        self._api_token()
+        if self.settings.api.enabled:
+            self._bind_api()
+        self._began = True
         self.packs = plugins.PackWatcher(self.settings.data_dir / "plugins")
         await asyncio.to_thread(self.packs.scan)  # it compiles and checks each pack's module
         self._packs_task.start(self._watch_packs)
@@ -283,6 +381,14 @@ class Daemon:
             await self.hub.start()
         if self.settings.api.enabled:
             await self._start_api()
+        if self.settings.api.insecure_http and self.settings.api.tls_cert is None:
+            host, _ = parse_listen(self.settings.api.listen)
+            if not is_loopback(host):
+                log.warning(
+                    "api: plain HTTP on %s (api.insecure_http): tokens cross the network in"
+                    " clear",
+                    self.settings.api.listen,
+                )
         log.info(
             "mechaway %s ready: device %s, %d flow(s), data in %s, api %s",
             __version__,
@@ -292,13 +398,8 @@ class Daemon:
             self.settings.api.listen if self.settings.api.enabled else "off",
         )
 
-    async def _start_api(self) -> None:
-        """Bind the API socket now; import aiohttp now or (``api.lazy``) at the first request.
-
-        aiohttp builds TLS contexts and loads the CA bundle at import: ~16 MB of RSS that a
-        device nobody queries locally never needs. The socket is bound and listening from
-        the start, so the first connection waits in the backlog while aiohttp loads.
-        """
+    def _bind_api(self) -> None:
+        """Bind and listen on the API's address (a taken port fails the start here)."""
         host, port = parse_listen(self.settings.api.listen)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -314,6 +415,17 @@ class Daemon:
         sock.setblocking(False)
         self._api_sock = sock
         self.listen_port = sock.getsockname()[1]
+
+    async def _start_api(self) -> None:
+        """Serve the bound socket: import aiohttp now or (``api.lazy``) at the first request.
+
+        aiohttp builds TLS contexts and loads the CA bundle at import: ~16 MB of RSS that a
+        device nobody queries locally never needs. The socket is bound and listening from
+        the start, so the first connection waits in the backlog while aiohttp loads.
+        """
+        sock = self._api_sock
+        assert sock is not None
+        self._ssl = self._api_ssl()
         if not self.settings.api.lazy:
             await self._serve_api(sock)
             return
@@ -336,15 +448,51 @@ class Daemon:
         app = make_app(
             self.manager,
             self.status,
-            token=api.token,
+            token=self._token,
             max_body=api.max_body_bytes,
             series_store=SeriesStore.of(self.db),
             plugins_fn=lambda: self.plugin_reports(scan=True),
+            guard=self.guard(),
+            started=self._started,
         )
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        await web.SockSite(runner, sock).start()
+        await web.SockSite(runner, sock, ssl_context=self._ssl).start()
         self._runner = runner
+
+    def guard(self) -> Any:
+        """The API's access rules (mechaway.api.auth.Guard), built once."""
+        if self._guard is None:
+            from mechaway.api.auth import Guard
+
+            api = self.settings.api
+            host, _ = parse_listen(api.listen)
+            names = tuple(api.allowed_hosts)
+            if not is_loopback(host):  # reached from the LAN by the machine's own name
+                me = socket.gethostname().lower()
+                names += (me, f"{me}.local")
+            self._guard = Guard(
+                token=self._token,
+                read_token=api.read_token,
+                mode=api.auth,
+                listen_host=host,
+                allowed_hosts=names,
+                allowed_origins=tuple(api.allowed_origins),
+                token_source=self._token_source,
+            )
+        return self._guard
+
+    def _api_ssl(self) -> ssl.SSLContext | None:
+        api = self.settings.api
+        if api.tls_cert is None or api.tls_key is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(api.tls_cert, api.tls_key)
+        except (OSError, ssl.SSLError) as err:
+            raise ConfigError(f"api.tls_cert / api.tls_key: cannot load: {err}") from err
+        return ctx
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -356,6 +504,10 @@ class Daemon:
 
     async def shutdown(self) -> None:
         """Stop sources first, drain sinks (bounded), close drivers, flush the store."""
+        if not self._began:  # refused at the door (lock, port): nothing to stop or say
+            self._close_api_socket()
+            self._unlock_data_dir()
+            return
         sd_notify("STOPPING=1")
         log.info("stopping")
         if self.hub is not None:
@@ -368,16 +520,13 @@ class Daemon:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._api_sock is not None:
-            with contextlib.suppress(ValueError, OSError):
-                asyncio.get_running_loop().remove_reader(self._api_sock.fileno())
-            self._api_sock.close()
-            self._api_sock = None
+        self._close_api_socket()
         await self.maintenance.stop()
         await self.contexts.stop()  # retiring nodes save their state through the engine hook
         await self.engine.stop()
         await self.drivers.close()
         await self.db.close()
+        self._unlock_data_dir()
         log.info("stopped")
 
     async def serve(self) -> int:

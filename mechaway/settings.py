@@ -19,6 +19,9 @@ import msgspec
 from mechaway.errors import ConfigError
 
 CONFIG_ENV = "MECHAWAY_CONFIG"
+#: read when neither ``--config`` nor ``$MECHAWAY_CONFIG`` names a file (systemd/install.sh
+#: puts the service's config there, so ``mechaway status`` finds the service as it is)
+SYSTEM_CONFIG = Path("/etc/mechaway/mechaway.toml")
 #: a config file larger than this is refused unread (a wrong path: a log, a device, ...)
 MAX_CONFIG_BYTES = 1024 * 1024
 
@@ -40,69 +43,216 @@ NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
 
 class DeviceSettings(_Section):
-    id: NonEmpty = msgspec.field(default_factory=socket.gethostname)
-    data_dir: NonEmpty = msgspec.field(default_factory=default_data_dir)
+    """This device: its identity and where it keeps its data."""
+
+    id: Annotated[
+        NonEmpty,
+        msgspec.Meta(
+            description="the device id, in MQTT topics, client ids and the hub (default: the "
+            "host name; no / + # blanks or control characters, at most 253 characters)"
+        ),
+    ] = msgspec.field(default_factory=socket.gethostname)
+    data_dir: Annotated[
+        NonEmpty,
+        msgspec.Meta(
+            description="where the SQLite file, the API token and plugins live (default: "
+            "/var/lib/mechaway for root, else $XDG_DATA_HOME/mechaway)"
+        ),
+    ] = msgspec.field(default_factory=default_data_dir)
 
 
 class ApiSettings(_Section):
-    #: host:port of the admin API; beyond loopback only with a token
-    listen: str = "127.0.0.1:7700"
-    token: NonEmpty | None = None
-    #: largest request body accepted (flow documents, webhooks)
-    max_body_bytes: Annotated[int, msgspec.Meta(ge=1, le=1024**3)] = 1024 * 1024
-    enabled: bool = True
-    #: import the HTTP stack at the first request instead of at start (saves ~16 MB RSS
-    #: on a device nobody queries; the first request takes ~0.2 s longer)
-    lazy: bool = True
+    listen: Annotated[
+        str,
+        msgspec.Meta(
+            description="host:port of the admin API; beyond loopback only with TLS (or "
+            "insecure_http)"
+        ),
+    ] = "127.0.0.1:7700"
+    token: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="the admin token; without one, a token is generated into the data "
+            "directory at the first start (api-token, mode 0600) and the CLI on this "
+            "machine reads it there"
+        ),
+    ] = None
+    auth: Annotated[
+        Literal["token", "none"],
+        msgspec.Meta(
+            description="token (always); none turns auth off, allowed only on loopback, logged"
+        ),
+    ] = "token"
+    read_token: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="a token that can read (status, flows, series, metrics, events) but "
+            "change nothing"
+        ),
+    ] = None
+    allowed_hosts: Annotated[
+        list[str],
+        msgspec.Meta(
+            description="more names this daemon answers to in Host (besides its listen "
+            "address, localhost and IP literals); other names are refused (DNS rebinding)"
+        ),
+    ] = msgspec.field(default_factory=list)
+    allowed_origins: Annotated[
+        list[str],
+        msgspec.Meta(
+            description="web origins allowed to change state (https://dash.example:8443); "
+            "others are refused, as is every cross-origin write"
+        ),
+    ] = msgspec.field(default_factory=list)
+    tls_cert: Annotated[
+        NonEmpty | None,
+        msgspec.Meta(description="PEM certificate chain: with tls_key, the API serves HTTPS"),
+    ] = None
+    tls_key: Annotated[
+        NonEmpty | None, msgspec.Meta(description="PEM private key of tls_cert (with tls_cert)")
+    ] = None
+    insecure_http: Annotated[
+        bool,
+        msgspec.Meta(
+            description="allow plain HTTP on a non-loopback address (tokens cross the network "
+            "in clear)"
+        ),
+    ] = False
+    max_body_bytes: Annotated[
+        int,
+        msgspec.Meta(
+            ge=1,
+            le=1024**3,
+            description="largest request body accepted (flow documents, webhooks)",
+        ),
+    ] = 1024 * 1024
+    enabled: Annotated[bool, msgspec.Meta(description="serve the admin API at all")] = True
+    lazy: Annotated[
+        bool,
+        msgspec.Meta(
+            description="import the HTTP stack at the first request instead of at start "
+            "(saves ~16 MB RSS on a device nobody queries; the first request takes ~0.2 s "
+            "longer)"
+        ),
+    ] = True
 
 
 class FlowsSettings(_Section):
-    #: directory of *.json / *.yaml flow files, watched for changes
-    dir: NonEmpty | None = None
-    #: seconds between scans of the directory (SIGHUP rescans at once)
-    poll_interval: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 1.0
+    dir: Annotated[
+        NonEmpty | None,
+        msgspec.Meta(description="directory of *.json / *.yaml flow files, watched for changes"),
+    ] = None
+    poll_interval: Annotated[
+        float,
+        msgspec.Meta(
+            gt=0,
+            le=86400,
+            description="seconds between scans of the directory (SIGHUP rescans at once)",
+        ),
+    ] = 1.0
 
 
 class HubSettings(_Section):
     """Sync with a mechaway hub (``mechaway/hub/edge.py``); off unless ``url`` is set."""
 
-    url: str | None = None
-    #: this device's token (``mechaway hub devices add`` prints it)
-    token: str | None = None
-    #: the hub's signing key, as ``mechaway hub public-key`` prints it: bundles must verify
-    public_key: str | None = None
-    #: seconds between heartbeats (each one jittered by up to +-10%)
-    heartbeat: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 30.0
-    #: CA certificate (PEM) that an https:// hub's certificate must chain to
-    ca_file: str | None = None
-    #: with no token: register with this token at the hub, keep the token it gives
-    provisioning_token: str | None = None
-    #: messages per upload batch
-    batch: Annotated[int, msgspec.Meta(ge=1, le=50_000)] = 2000
-    #: backlog messages sent per second at most (live data goes first, unthrottled)
-    backlog_rate: Annotated[float, msgspec.Meta(gt=0)] = 50_000.0
-    #: after a hub deploy: a flow whose nodes error more than ``error_threshold`` times
-    #: within ``health_window`` seconds is rolled back to the last good revision
-    health_window: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 30.0
-    error_threshold: Annotated[int, msgspec.Meta(ge=0)] = 10
-    #: bound on one request to the hub
-    timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    url: Annotated[str | None, msgspec.Meta(description="the hub's URL (null: no sync)")] = None
+    token: Annotated[
+        str | None,
+        msgspec.Meta(description="this device's token (mechaway hub devices add prints it)"),
+    ] = None
+    public_key: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="the hub's signing key, as mechaway hub public-key prints it: "
+            "bundles must verify"
+        ),
+    ] = None
+    heartbeat: Annotated[
+        float,
+        msgspec.Meta(
+            ge=1,
+            le=86400,
+            description="seconds between heartbeats (each one jittered by up to +-10%)",
+        ),
+    ] = 30.0
+    ca_file: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="CA certificate (PEM) that an https:// hub's certificate must chain to"
+        ),
+    ] = None
+    provisioning_token: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="with no token: register with this token at the hub, keep the token "
+            "it gives"
+        ),
+    ] = None
+    batch: Annotated[
+        int, msgspec.Meta(ge=1, le=50_000, description="messages per upload batch")
+    ] = 2000
+    backlog_rate: Annotated[
+        float,
+        msgspec.Meta(
+            gt=0,
+            description="backlog messages sent per second at most (live data goes first, "
+            "unthrottled)",
+        ),
+    ] = 50_000.0
+    health_window: Annotated[
+        float,
+        msgspec.Meta(
+            ge=0,
+            le=86400,
+            description="after a hub deploy: a flow whose nodes error more than "
+            "error_threshold times within this many seconds is rolled back to the last "
+            "good revision",
+        ),
+    ] = 30.0
+    error_threshold: Annotated[
+        int, msgspec.Meta(ge=0, description="errors within health_window that roll back")
+    ] = 10
+    timeout: Annotated[
+        float, msgspec.Meta(gt=0, le=3600, description="bound on one request to the hub")
+    ] = 30.0
 
 
 class EngineSettings(_Section):
-    #: bound on draining a sink's queue or stopping a node
-    stop_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+    stop_timeout: Annotated[
+        float,
+        msgspec.Meta(
+            gt=0,
+            le=3600,
+            description="bound on draining a sink's queue or stopping a node, seconds",
+        ),
+    ] = 5.0
 
 
 class StoreSettings(_Section):
-    #: group-commit window: longer = fewer fsyncs and bytes per message, later acks
-    commit_interval_ms: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 10.0
-    #: how often changed node context (``persist: true``) is saved
-    context_interval_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 2.0
+    commit_interval_ms: Annotated[
+        float,
+        msgspec.Meta(
+            gt=0,
+            le=1000,
+            description="group-commit window: longer = fewer fsyncs and bytes per message, "
+            "later acks",
+        ),
+    ] = 10.0
+    context_interval_s: Annotated[
+        float,
+        msgspec.Meta(
+            gt=0,
+            le=86400,
+            description="how often changed node context (persist: true) is saved, seconds",
+        ),
+    ] = 2.0
 
 
 class LogSettings(_Section):
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    level: Annotated[
+        Literal["debug", "info", "warning", "error"],
+        msgspec.Meta(description="the daemon's log level"),
+    ] = "info"
 
 
 class Settings(_Section):
@@ -282,31 +432,62 @@ def _check(settings: Settings, places: _Places) -> None:
     ):
         if value is not None and "\0" in value:
             raise places.error(dotted, "a path cannot contain a NUL character")
-    token = settings.api.token
-    if token is not None and not TOKEN_RE.fullmatch(token):
-        raise places.error(
-            "api.token", "must be printable ASCII without blanks (it travels in an HTTP header)"
-        )
+    api = settings.api
+    for key in ("token", "read_token"):
+        token = getattr(api, key)
+        if token is None:
+            continue
+        if token == "":
+            raise places.error(
+                f"api.{key}",
+                "is empty: an empty token is not 'no auth' (remove the key to have one"
+                " generated, or set auth = \"none\" on loopback)",
+            )
+        if not TOKEN_RE.fullmatch(token):
+            raise places.error(
+                f"api.{key}",
+                "must be printable ASCII without blanks (it travels in an HTTP header)",
+            )
+    if api.token is not None and api.token == api.read_token:
+        raise places.error("api.read_token", "is the same as api.token")
     try:
-        host, _port = parse_listen(settings.api.listen, "")
+        host, _port = parse_listen(api.listen, "")
     except ConfigError:
-        raise places.error(
-            "api.listen", f"{_short(settings.api.listen)} is not host:port"
-        ) from None
-    if settings.api.enabled and not settings.api.token and not is_loopback(host):
-        raise places.error(
+        raise places.error("api.listen", f"{_short(api.listen)} is not host:port") from None
+    if (api.tls_cert is None) != (api.tls_key is None):
+        given, missing = ("tls_cert", "tls_key") if api.tls_key is None else ("tls_key", "tls_cert")
+        raise places.error(f"api.{given}", f"needs api.{missing} too")
+    problem = exposure_problem(api, host)
+    if problem is not None:
+        raise places.error(*problem)
+
+
+def exposure_problem(api: ApiSettings, host: str) -> tuple[str, str] | None:
+    """(key, why) when listening on ``host`` would expose the API unsafely, else None:
+    beyond loopback, auth must be on and TLS used (or plain HTTP asked for by name)."""
+    if not api.enabled or is_loopback(host):
+        return None
+    if api.auth == "none":
+        return "api.auth", f'"none" is allowed only on loopback, not on {host}'
+    if api.tls_cert is None and not api.insecure_http:
+        return (
             "api.listen",
-            f"refusing to listen on {host} without api.token (set a token, or listen on 127.0.0.1)",
+            f"refusing plain HTTP on {host}: set api.tls_cert and api.tls_key, or"
+            " api.insecure_http = true to send tokens in clear on purpose",
         )
+    return None
 
 
 def load_settings(path: str | Path | None = None, *, env: dict[str, str] | None = None) -> Settings:
-    """Read the config file (``path``, else ``$MECHAWAY_CONFIG``, else defaults) and env.
+    """Read the config file (``path``, else ``$MECHAWAY_CONFIG``, else
+    ``/etc/mechaway/mechaway.toml`` where it exists, else defaults) and the environment.
 
     Every mistake is one ``ConfigError`` that names the file and key, or the variable.
     """
     env = dict(os.environ) if env is None else env
     source = str(path) if path is not None else env.get(CONFIG_ENV)
+    if source is None and SYSTEM_CONFIG.is_file():  # the service's, where installed
+        source = str(SYSTEM_CONFIG)
     places = _Places(source or None)
     raw = _read_toml(Path(source)) if source else {}
     # every top-level table that is not one of ours is a driver's: [mqtt.plc], [gpio], ...

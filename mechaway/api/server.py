@@ -7,7 +7,6 @@ without one the daemon only listens on loopback (enforced by the settings).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import math
 import time
@@ -19,12 +18,14 @@ import orjson
 from aiohttp import web
 
 from mechaway import __version__
+from mechaway.api.auth import SAFE_METHODS, Guard
+from mechaway.api.editor import setup_editor
 from mechaway.api.events import EventHub
 from mechaway.api.validate import check_document, palette_info, parse_errors
 from mechaway.errors import FlowError, Issue, StoreUnavailable
 from mechaway.flow.parse import parse_text
 from mechaway.nodes.registry import node_types, params_schema
-from mechaway.runtime.manager import FlowManager, RevisionConflict
+from mechaway.runtime.manager import FileOwned, FlowManager, RevisionConflict
 from mechaway.store.series import SeriesNotFound, SeriesStore
 
 log = logging.getLogger("mechaway.api")
@@ -36,6 +37,7 @@ PREFIX = "/api/v1"
 MANAGER: web.AppKey[FlowManager] = web.AppKey("manager", FlowManager)
 STATUS: web.AppKey[StatusFn] = web.AppKey("status", Callable)  # type: ignore[arg-type]
 TOKEN: web.AppKey[str | None] = web.AppKey("token", str)
+GUARD: web.AppKey[Guard] = web.AppKey("guard", Guard)
 PLUGINS: web.AppKey[Callable[[], list[dict[str, Any]]]] = web.AppKey("plugins", Callable)  # type: ignore[arg-type]
 STARTED: web.AppKey[float] = web.AppKey("started", float)
 SERIES: web.AppKey[SeriesStore] = web.AppKey("series", SeriesStore)
@@ -67,14 +69,11 @@ def _error(status: int, message: str, issues: list[Issue] | None = None) -> web.
 
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Token check, and turning every failure into a JSON error (never a traceback page)."""
-    token = request.app[TOKEN]
-    # the events socket takes its token in its first message (browsers cannot set headers)
-    if token and request.path not in (f"{PREFIX}/health", f"{PREFIX}/events"):
-        # a header's non-UTF-8 bytes arrive as surrogates: encode them back, never raise
-        got = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-        if not hmac.compare_digest(got, f"Bearer {token}".encode()):
-            return _error(401, "missing or wrong bearer token")
+    """Host, Origin, token and role checks (auth.py), and turning every failure into a
+    JSON error (never a traceback page)."""
+    refused = await _refusal(request)
+    if refused is not None:
+        return refused
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -93,9 +92,70 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(400, "invalid flow", err.issues)
     except StoreUnavailable as err:  # disk full: nothing was stored; retry once there is room
         return _error(503, str(err))
+    except FileOwned as err:  # the file is the flow's one truth
+        return _error(409, str(err))
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return _error(500, "internal error (details in the daemon log)")
+
+
+#: body types the JSON endpoints take: a browser can send none of these cross-origin
+#: without asking first (text/plain and form types are what a web page posts freely)
+BODY_TYPES = frozenset(
+    {"application/json", "application/yaml", "application/x-yaml", "text/yaml"}
+)
+
+
+def _needs_token(path: str) -> bool:
+    """Every API route but health; the events socket checks its first message itself;
+    what is not under /api/ (the editor's files, webhooks) has rules of its own."""
+    return path.startswith(f"{PREFIX}/") and path not in (
+        f"{PREFIX}/health",
+        f"{PREFIX}/events",
+    )
+
+
+async def _refusal(request: web.Request) -> web.Response | None:
+    """Why this request may not proceed, as the response to send; None when it may."""
+    guard = request.app[GUARD]
+    host = request.headers.get("Host")
+    if not guard.host_ok(host):
+        guard.refuse("host", "Host %.100r is not this daemon's (api.allowed_hosts)", host)
+        return _error(
+            421, "Host header names another site (a DNS-rebinding page?): see api.allowed_hosts"
+        )
+    upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+    changes = request.method not in SAFE_METHODS
+    origin = request.headers.get("Origin")
+    if (changes or upgrade) and not guard.origin_ok(origin, host, request.scheme):
+        guard.refuse("origin", "cross-origin %s %.100s from %.100r", request.method,
+                     request.path, origin)  # fmt: skip
+        return _error(403, "cross-origin request refused (see api.allowed_origins)")
+    if not _needs_token(request.path):
+        return None
+    role = guard.bearer_role(request.headers.get("Authorization"))
+    peer = request.remote or "?"
+    if role is None:
+        guard.throttle.failed(peer)
+        delay = guard.throttle.delay(peer)
+        guard.refuse("token", "missing or wrong token from %s", peer)
+        if delay:
+            await asyncio.sleep(delay)
+        return _error(401, "missing or wrong bearer token")
+    guard.throttle.succeeded(peer)
+    if changes and role != "admin":
+        guard.refuse("role", "read-only token used for %s %.100s", request.method, request.path)
+        return _error(403, "this token is read-only: it cannot deploy, delete or write")
+    if request.method in ("POST", "PUT", "PATCH"):
+        has_body = (request.content_length or 0) > 0 or "Transfer-Encoding" in request.headers
+        ctype = request.content_type if "Content-Type" in request.headers else ""
+        if has_body and ctype not in BODY_TYPES and not ctype.endswith("+json"):
+            return _error(
+                415,
+                f"Content-Type {ctype[:60]!r} is not accepted here: send application/json"
+                " (or application/yaml)",
+            )
+    return None
 
 
 def _too_large(request: web.Request) -> web.HTTPRequestEntityTooLarge:
@@ -351,14 +411,19 @@ def make_app(
     max_body: int,
     series_store: SeriesStore | None = None,
     plugins_fn: Callable[[], list[dict[str, Any]]] = list,
+    guard: Guard | None = None,
+    started: float | None = None,
 ) -> web.Application:
-    """The admin API application."""
+    """The admin API application. The daemon passes its ``guard``; without one (tests of
+    a bare app), ``token`` alone is checked, and no token means no auth."""
     app = web.Application(middlewares=[_guard], client_max_size=max_body)
     app[MANAGER] = manager
     app[STATUS] = status_fn
     app[PLUGINS] = plugins_fn
     app[TOKEN] = token
-    app[STARTED] = time.monotonic()
+    app[GUARD] = guard or Guard(token=token, mode="token" if token else "none")
+    # the daemon's start, not the app's: a lazy API is made at the first request
+    app[STARTED] = time.monotonic() if started is None else started
     app[YAML_GATE] = asyncio.Semaphore(1)
     r = app.router
     r.add_get(f"{PREFIX}/health", health)
@@ -387,4 +452,5 @@ def make_app(
     if series_store is not None:
         app[SERIES] = series_store
         r.add_get(f"{PREFIX}/series/{{name:.+}}", series)
+    setup_editor(app)
     return app

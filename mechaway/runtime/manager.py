@@ -63,6 +63,20 @@ class RevisionConflict(MechawayError):
         self.current = current
 
 
+class FileOwned(MechawayError):
+    """The flow comes from a file in the watched directory: the file is its one truth, so
+    a deploy, rollback or delete from elsewhere is refused (it would be undone by the next
+    scan or restart). Edit, replace or remove the file instead."""
+
+    def __init__(self, flow_id: str, path: str, action: str) -> None:
+        super().__init__(
+            f"flow {flow_id!r} comes from the file {path}: {action} it there (edit or remove"
+            " the file); a change made here would be undone at the next scan or restart"
+        )
+        self.flow_id = flow_id
+        self.path = path
+
+
 #: told of every recorded change: ``{"flow", "rev", "source"}`` (+ ``"deleted": True``)
 ChangeHook = Callable[[dict[str, Any]], None]
 
@@ -100,6 +114,9 @@ class FlowManager:
         valid = validate(raw, source=origin)
         fid = valid.doc.id
         async with self._lock:
+            owner = self.files.get(fid)
+            if owner is not None and source != "file":
+                raise FileOwned(fid, owner, "roll it back" if source == "rollback" else "change")
             if if_rev is not None:
                 current = self.store.active_rev(fid)
                 if current != if_rev:
@@ -149,9 +166,14 @@ class FlowManager:
         )
         return DeployResult(valid.doc.id, rev, new, d)
 
-    async def delete(self, flow_id: str) -> bool:
-        """Stop a flow and mark it inactive (its history stays). False if unknown."""
+    async def delete(self, flow_id: str, *, by_file: bool = False) -> bool:
+        """Stop a flow and mark it inactive (its history stays). False if unknown.
+
+        A flow from a file is deleted only by its file's removal (``by_file``)."""
         async with self._lock:
+            owner = self.files.get(flow_id)
+            if owner is not None and not by_file:
+                raise FileOwned(flow_id, owner, "delete")
             active = self.store.active_rev(flow_id)
             known = active is not None
             was = self.store.get(flow_id, active) if active is not None else None
@@ -294,7 +316,7 @@ class FlowDirWatcher:
                 log.info(
                     "flow %s: its file is gone from %s, deleting", revision.flow_id, self.directory
                 )
-                await self.manager.delete(revision.flow_id)
+                await self.manager.delete(revision.flow_id, by_file=True)
 
     def nudge(self) -> None:
         """Scan now (SIGHUP)."""
@@ -367,7 +389,7 @@ class FlowDirWatcher:
                     log.info("%s: flow %s now comes from %s", why, flow_id, display_path(p))
                     return
         log.info("%s: deleting flow %s", why, flow_id)
-        await self.manager.delete(flow_id)
+        await self.manager.delete(flow_id, by_file=True)
 
     async def _load(self, path: Path) -> None:
         origin = display_path(path)

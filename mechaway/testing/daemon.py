@@ -119,14 +119,32 @@ class DaemonProc:
         except OSError:
             return 0
 
-    def api(self, method: str, path: str, body: Any = None, token: str | None = "") -> Any:
+    def own_token(self) -> str | None:
+        """The configured token, else the one the daemon generated into its data dir."""
+        if self.token:
+            return self.token
+        try:
+            return (self.data / "api-token").read_text().strip() or None
+        except OSError:
+            return None
+
+    def api(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        token: str | None = "",
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         """(status, decoded body); ``token=""`` means the daemon's own token."""
-        token = self.token if token == "" else token
+        token = self.own_token() if token == "" else token
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(f"{self.url}/api/v1{path}", data=data, method=method)
         req.add_header("Content-Type", "application/json")
         if token:
             req.add_header("Authorization", f"Bearer {token}")
+        for name, value in (headers or {}).items():
+            req.add_header(name, value)
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 return resp.status, json.loads(resp.read())
@@ -151,7 +169,7 @@ class DaemonProc:
         extra = ["--token", token] if token is not None else []
         return subprocess.run(
             [sys.executable, "-m", "mechaway", "--config", str(self.config), "--url", self.url,
-             *extra, *args],
+             "--data-dir", str(self.data), *extra, *args],
             check=False, capture_output=True, text=True, timeout=60, env=self.env,
         )  # fmt: skip
 

@@ -104,6 +104,29 @@ def test_a_dropped_flow_file_runs(daemon: DaemonProc) -> None:
     } in flows
 
 
+def test_a_flow_from_a_file_is_changed_only_through_its_file(
+    daemon: DaemonProc, tmp_path: Path
+) -> None:
+    """One truth: the API and the CLI refuse to roll back, redeploy or delete a flow that
+    a file defines (the next scan or restart would silently put the file's version back)."""
+    path = daemon.flows / "owned.json"
+    write_atomically(path, pipe_flow("owned", interval=1.0))
+    wait_running(daemon, "owned", rev=1)
+    write_atomically(path, pipe_flow("owned", interval=2.0))
+    wait_running(daemon, "owned", rev=2)
+    for args in (("flows", "rollback", "owned", "1"), ("flows", "delete", "owned")):
+        err = assert_one_line_error(daemon.cli(*args), "comes from the file")
+        assert "owned.json" in err
+    src = tmp_path / "owned.json"
+    src.write_text(json.dumps(pipe_flow("owned", interval=3.0)))
+    assert_one_line_error(daemon.cli("flows", "deploy", str(src)), "comes from the file")
+    code, body = daemon.api("DELETE", "/flows/owned")
+    assert code == 409 and "owned.json" in body["error"]
+    assert daemon.flow_status("owned")["rev"] == 2  # type: ignore[index]
+    path.unlink()  # the file's removal is how such a flow goes
+    daemon.wait(lambda: daemon.flow_status("owned") is None, 10, "the flow to stop")
+
+
 def test_changing_the_file_bumps_the_revision_and_keeps_state(daemon: DaemonProc) -> None:
     path = daemon.flows / "swap.json"
     write_atomically(path, pipe_flow("swap", keep=5))
@@ -215,11 +238,22 @@ def test_cli_flows_commands(daemon: DaemonProc, tmp_path: Path) -> None:
     fs = wait_running(daemon, "cli", rev=3)
     assert len(fs["nodes"]["log"]["recent"]) <= 5
 
-    proc = daemon.cli("status")
+    proc = daemon.cli("status", "--json")  # options after the command too
     assert proc.returncode == 0, proc.stderr
     st = json.loads(proc.stdout)
     assert st["flows"]["cli"]["rev"] == 3
     assert "flow_file_errors" in st
+    proc = daemon.cli("status")  # for a person: a summary with ages, not raw JSON
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("mechaway ") and "problems: none" in lines
+    at = next(i for i, ln in enumerate(lines) if ln.strip().startswith("cli  rev 3"))
+    assert "deployed" in lines[at] and "ago" in lines[at]
+    nodes = lines[at + 1 : at + 4]  # its three nodes, indented under it
+    assert [ln.split()[:2] for ln in nodes] == [
+        ["tick", "InjectNode"], ["mark", "ChangeNode"], ["log", "LogNode"]
+    ]  # fmt: skip
+    assert all("in " in ln and "errors" in ln for ln in nodes)
 
     proc = daemon.cli("flows", "delete", "cli")
     assert (proc.returncode, proc.stdout.strip()) == (0, "cli: deleted")
@@ -244,10 +278,15 @@ def test_cli_deploy_of_an_invalid_flow_shows_located_errors(
     assert daemon.flow_status("bad") is None
 
 
-def test_cli_wrong_token_is_one_clear_line(daemon: DaemonProc) -> None:
-    for args in (("status",), ("flows", "list"), ("flows", "delete", "drop")):
+def test_cli_wrong_token_is_one_clear_line(daemon: DaemonProc, tmp_path: Path) -> None:
+    # its own flow: the test stands alone (``pytest -k token``)
+    src = tmp_path / "guarded.json"
+    src.write_text(json.dumps(pipe_flow("guarded", interval=1.0)))
+    assert daemon.cli("flows", "deploy", str(src)).returncode == 0
+    wait_running(daemon, "guarded", rev=None)
+    for args in (("status",), ("flows", "list"), ("flows", "delete", "guarded")):
         assert_one_line_error(daemon.cli(*args, token="wrong"), "refused the token")
-    assert daemon.flow_status("drop") is not None
+    assert daemon.flow_status("guarded") is not None
 
 
 # -- signals and restart (last: it restarts the module's daemon) ------------------------------
@@ -282,14 +321,17 @@ def test_sigterm_exits_0_and_a_restart_brings_flows_back(
     assert daemon.terminate() == 0
 
 
-def test_refuses_to_listen_beyond_loopback_without_a_token(tmp_path: Path) -> None:
+def test_refuses_plain_http_beyond_loopback_unless_asked_by_name(tmp_path: Path) -> None:
     port = free_port()
     proc = mechaway("start", "--data-dir", str(tmp_path / "d"), "--listen", f"0.0.0.0:{port}")
-    assert_one_line_error(proc, "refusing to listen on 0.0.0.0 without api.token")
+    assert_one_line_error(proc, "--listen: refusing plain HTTP on 0.0.0.0")
     cfg = tmp_path / "m.toml"
     cfg.write_text(f'[api]\nlisten = "0.0.0.0:{port}"\n')
     proc = mechaway("--config", str(cfg), "start", "--data-dir", str(tmp_path / "d"))
-    assert_one_line_error(proc, "refusing to listen on 0.0.0.0 without api.token")
+    assert_one_line_error(proc, "api.listen: refusing plain HTTP on 0.0.0.0")
+    cfg.write_text(f'[api]\nlisten = "0.0.0.0:{port}"\nauth = "none"\ninsecure_http = true\n')
+    proc = mechaway("--config", str(cfg), "start", "--data-dir", str(tmp_path / "d"))
+    assert_one_line_error(proc, 'api.auth: "none" is allowed only on loopback, not on 0.0.0.0')
 
 
 def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
@@ -303,3 +345,33 @@ def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+    # the port is bound before anything starts: no database was even created
+    assert not (tmp_path / "d" / "mechaway.db").exists()
+
+
+def test_a_second_daemon_on_a_busy_data_dir_leaves_at_once_touching_nothing(
+    tmp_path: Path,
+) -> None:
+    first = DaemonProc(tmp_path / "one")
+    first.start()
+    try:
+        write_atomically(first.flows / "busy.json", pipe_flow("busy", interval=1.0))
+        wait_running(first, "busy", rev=1)
+        other_flows = tmp_path / "other-flows"
+        other_flows.mkdir()
+        write_atomically(other_flows / "busy.json", pipe_flow("busy", interval=9.0))
+        proc = mechaway(
+            "--config", str(first.config), "start", "--data-dir", str(first.data),
+            "--flows", str(other_flows), "--listen", f"127.0.0.1:{free_port()}",
+        )  # fmt: skip
+        assert first.proc is not None
+        assert_one_line_error(
+            proc, f"is in use by another mechaway daemon (pid {first.proc.pid})"
+        )
+        # the running daemon saw nothing: same revision, no new one written
+        assert first.flow_status("busy")["rev"] == 1  # type: ignore[index]
+        history = first.api("GET", "/flows/busy/revisions")[1]
+        assert [r["rev"] for r in history] == [1]
+        assert first.alive()
+    finally:
+        first.kill()
