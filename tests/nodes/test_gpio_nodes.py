@@ -23,6 +23,7 @@ from mechaway.testing.daemon import DaemonProc
 from mechaway.testing.flows import edge, node, wait_until
 
 Rig = tuple[Engine, Connections]
+EXAMPLE = Path(__file__).resolve().parents[2] / "configs/examples/gpio-greenhouse-fan.json"
 
 
 @pytest_asyncio.fixture
@@ -253,3 +254,41 @@ def test_a_daemon_with_the_mock_backend_runs_gpio_flows(tmp_path: Path) -> None:
         assert d.flow_status("thief") is None
     finally:
         assert d.terminate() == 0
+
+
+@pytest.mark.asyncio
+async def test_the_example_flow_drives_the_fan_from_a_bme280() -> None:
+    """configs/examples/gpio-greenhouse-fan.json on the mock pins and the fake I2C bus."""
+    from mechaway.drivers.i2c import I2CDriver, I2CSettings
+    from mechaway.flow.parse import read_file
+    from mechaway.testing.fake_i2c import FakeBME280, FakeSMBus
+
+    bme = FakeBME280()  # the datasheet example: 25.08 °C
+    fake = FakeSMBus(devices={0x76: bme})
+    i2c = I2CDriver("default", I2CSettings(), bus_factory=lambda s: fake)
+
+    async def get_i2c(name: str) -> I2CDriver:
+        return i2c
+
+    await i2c.start()
+    conns = Connections(parse_sections({"gpio": {"backend": "mock"}}))
+    engine = Engine(Services(drivers=conns, connections={"i2c": get_i2c}), stop_timeout=2.0)
+    doc = read_file(EXAMPLE)
+    doc["nodes"][0]["params"]["interval"] = 0.05
+    try:
+        await engine.deploy(validate(doc), 1)
+        drv = await gpio(conns)
+        await wait_until(lambda: flows.stats(engine, "gpio-greenhouse-fan", "fan_speed")["in"] >= 2,
+                         what="readings to reach the fan")  # fmt: skip
+        assert pin_states(drv, 18)[-1][1] == pytest.approx((25.08 - 24) / 8)
+        assert pin_states(drv, 17)[-1][1] == 0.0  # 25.08 °C: the fan stays off
+        bme.adc = (535888, *bme.adc[1:])  # 30.09 °C
+        await wait_until(lambda: pin_states(drv, 17)[-1][1] == 1.0, what="the fan to start")
+        assert pin_states(drv, 18)[-1][1] == pytest.approx((30.09 - 24) / 8)
+        button = drv.factory.pin(27)
+        button.drive_low()  # pressed: the light toggles on
+        await wait_until(lambda: pin_states(drv, 22)[-1][1] == 1.0, what="the light")
+    finally:
+        await engine.stop()
+        await conns.close()
+        await i2c.close()
