@@ -288,11 +288,25 @@ def _reg_decoder(
     one = plan_[0] if len(plan_) == 1 and simple else None
 
     if one is not None and one[0] == 0:
+        # the usual span: one unpack; plain floats checked for NaN/inf by one sum (a
+        # non-finite value makes it non-finite), value by value only when it is not
         unpack0 = one[1]
+        float_pos = [i for i, r in enumerate(flat) if r.type.startswith("float")
+                     and r.scale == 1.0 and r.offset == 0.0]  # fmt: skip
+        slow = [f for f, r in zip(fixes, _fixed(flat), strict=True) if r not in float_pos]
+        has_float = bool(float_pos)
 
         def decode_fast(regs: Sequence[int] | Sequence[bool]) -> dict[str, Any]:
-            out = dict(zip(names, unpack0(pack_be(*regs)), strict=True))
-            for fix in fixes:
+            vals = unpack0(pack_be(*regs))
+            if has_float:
+                total = sum(vals)
+                if total - total != 0.0:
+                    fixed = list(vals)
+                    for i in float_pos:
+                        fixed[i] = finite(fixed[i])
+                    vals = tuple(fixed)
+            out = dict(zip(names, vals, strict=False))  # same length by construction
+            for fix in slow:
                 fix(out)
             return out
 
@@ -317,6 +331,15 @@ def _reg_decoder(
         return out
 
     return decode
+
+
+def _fixed(reads: list[ReadSpec]) -> list[int]:
+    """Positions in ``reads`` of the reads ``_fixers`` returns a fix for, in its order."""
+    return [
+        i for i, r in enumerate(reads)
+        if r.type in ("bool", "string") or r.scale != 1.0 or r.offset != 0.0
+        or r.type.startswith("float")
+    ]  # fmt: skip
 
 
 def _fixers(reads: list[ReadSpec]) -> list[Callable[[dict[str, Any]], None]]:

@@ -118,6 +118,24 @@ def test_counts_lists_bools_strings_scale_and_non_finite_floats() -> None:
     assert text(b"ok  \0garbage") == "ok"
 
 
+def test_non_finite_floats_become_null_in_a_span_of_plain_values() -> None:
+    (span,) = plan([ReadSpec(name="a", address=0, type="float32"),
+                    ReadSpec(name="n", address=2, type="uint16"),
+                    ReadSpec(name="b", address=3, type="float32"),
+                    ReadSpec(name="s", address=5, type="float32", scale=2.0),
+                    ReadSpec(name="on", address=7, type="bool")])  # fmt: skip
+    finite = [0x3FC0, 0, 7, 0xC000, 0, 0x3F80, 0, 2]
+    assert span.decode(finite) == {"a": 1.5, "n": 7, "b": -2.0, "s": 2.0, "on": True}
+    for bad in (0x7FC0, 0x7F80, 0xFF80):  # NaN, +inf, -inf in each float position
+        for pos in (0, 3, 5):
+            regs = list(finite)
+            regs[pos] = bad
+            got = span.decode(regs)
+            name = {0: "a", 3: "b", 5: "s"}[pos]
+            assert got[name] is None, (bad, pos)
+            assert [k for k, v in got.items() if v is None] == [name]
+
+
 def test_bits_decode_one_or_a_list() -> None:
     spans = plan([
         ReadSpec(name="a", address=10, table="coil", type="bool"),
