@@ -169,6 +169,10 @@ class Backend:
         """One read statement outside any explicit transaction."""
         raise NotImplementedError
 
+    async def write1(self, sql: str, *args: Any) -> None:
+        """One write statement, committed on its own (not durable: heartbeats)."""
+        raise NotImplementedError
+
 
 def _statements(dialect: str) -> list[tuple[int, list[str]]]:
     subs = _DIALECT[dialect]
@@ -240,6 +244,14 @@ class SqliteBackend(Backend):
         async with self._lock:
             rows: list[Sequence[Any]] = await self.run(lambda c: c.execute(sql, args).fetchall())
         return rows
+
+    async def write1(self, sql: str, *args: Any) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            c.execute("PRAGMA synchronous=NORMAL")
+            c.execute(sql, args)
+
+        async with self._lock:
+            await self.run(op)
 
     @contextlib.asynccontextmanager
     async def tx(self, *, durable: bool = True) -> AsyncIterator[_Tx]:
@@ -323,6 +335,9 @@ class PgBackend(Backend):
                 command_timeout=60,
                 timeout=10,
                 server_settings={"synchronous_commit": "off", "application_name": "mechaway-hub"},
+                # no session state is ever set here (only SET LOCAL and xact locks): skip
+                # asyncpg's reset query, a round trip per release (measured: 250 -> 70 us)
+                reset=_no_reset,
             )
         except (TimeoutError, OSError, asyncpg.PostgresError) as err:
             raise HubDbError(f"database {_safe_dsn(self.dsn)}: cannot connect: {err}") from err
@@ -336,6 +351,9 @@ class PgBackend(Backend):
     async def read(self, sql: str, *args: Any) -> list[Sequence[Any]]:
         rows: list[Sequence[Any]] = await self.pool.fetch(_pg_sql(sql), *args)
         return rows
+
+    async def write1(self, sql: str, *args: Any) -> None:
+        await self.pool.execute(_pg_sql(sql), *args)
 
     @contextlib.asynccontextmanager
     async def tx(self, *, durable: bool = True) -> AsyncIterator[_Tx]:
@@ -353,6 +371,10 @@ class PgBackend(Backend):
                 " applied_at DOUBLE PRECISION NOT NULL)"
             )
             return await _apply_migrations(tx, "pg")
+
+
+async def _no_reset(conn: Any) -> None:
+    """Connections go back to the pool as they are (see ``PgBackend.open``)."""
 
 
 def _safe_dsn(dsn: str) -> str:
@@ -513,14 +535,13 @@ class HubDb:
     # -- heartbeats and bundles ----------------------------------------------------------
     async def heartbeat(self, device: str, hb: Heartbeat, raw_status: bytes) -> None:
         now = time.time()
+        update = "UPDATE devices SET last_seen = ?, status = ?, applied_seq = ? WHERE id = ?"
+        args = (now, raw_status.decode(), hb.bundle_seq, device)
+        if not hb.reports:  # the usual heartbeat: one statement, no transaction
+            await self.b.write1(update, *args)
+            return
         async with self.b.tx(durable=False) as tx:
-            await tx.execute(
-                "UPDATE devices SET last_seen = ?, status = ?, applied_seq = ? WHERE id = ?",
-                now,
-                raw_status.decode(),
-                hb.bundle_seq,
-                device,
-            )
+            await tx.execute(update, *args)
             if hb.reports:
                 await tx.executemany(
                     "INSERT INTO events(device_id, ts, kind, detail) VALUES (?, ?, ?, ?)",
@@ -546,17 +567,27 @@ class HubDb:
                         "DELETE FROM events WHERE device_id = ? AND id <= ?", device, cut[0]
                     )
 
-    async def bundle_for(self, device: str, after_seq: int) -> str | None:
-        """The device's signed bundle (JSON text) if its seq is above ``after_seq``."""
+    async def device_state(self, device: str, after_seq: int) -> tuple[str, Any] | None:
+        """(token hash, the state ``bundle_for`` needs) in one read; None if unknown."""
         rows = await self.b.read(
-            "SELECT d.bundle_seq, d.bundle_version, d.bundle, c.value FROM devices d,"
-            " counters c WHERE d.id = ? AND c.name = 'flows'",
+            "SELECT d.token_hash, d.bundle_seq, d.bundle_version,"
+            " CASE WHEN d.bundle_seq > ? THEN d.bundle END, c.value"
+            " FROM devices d, counters c WHERE d.id = ? AND c.name = 'flows'",
+            after_seq,
             device,
         )
-        if not rows:
-            return None
-        row = rows[0]
-        seq, version, bundle, current = int(row[0]), int(row[1]), row[2], int(row[3])
+        return (str(rows[0][0]), rows[0]) if rows else None
+
+    async def bundle_for(
+        self, device: str, after_seq: int, state: Any = None
+    ) -> str | None:
+        """The device's signed bundle (JSON text) if its seq is above ``after_seq``."""
+        if state is None:
+            found = await self.device_state(device, after_seq)
+            if found is None:
+                return None
+            state = found[1]
+        seq, version, bundle, current = int(state[1]), int(state[2]), state[3], int(state[4])
         if version != current:
             seq, bundle = await self._rebuild(device, after_seq)
         if bundle is not None and seq > after_seq:

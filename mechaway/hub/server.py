@@ -154,12 +154,17 @@ class Hub:
             raise ApiError(401, "token required")
         if admin_ok and self._is_admin(token):
             return dev
-        stored = await self.db.device_token_hash(dev)
+        self._check_device(dev, token, await self.db.device_token_hash(dev))
+        return dev
+
+    @staticmethod
+    def _check_device(dev: str, token: str | None, stored: str | None) -> None:
+        if token is None:
+            raise ApiError(401, "token required")
         # compared even when the device is unknown, so timing tells nothing
         ok = hmac.compare_digest(token_hash(token).encode(), (stored or "x" * 64).encode())
         if stored is None or not ok:
             raise ApiError(403, f"this token does not act for device {dev!r}")
-        return dev
 
     # -- handlers ------------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
@@ -234,15 +239,20 @@ class Hub:
         return _json({"flow": fid, scope: key, "deleted": True})
 
     async def heartbeat(self, request: web.Request) -> web.Response:
-        dev = await self.device_or_admin(request, admin_ok=False)
+        """Two round trips: the device's token and bundle state in one read, the update."""
+        dev = device_id(request)
+        token = self._bearer(request)
         raw = await request.read()
         try:
             hb = decode_heartbeat(raw)
         except WireError as err:
             raise ApiError(400, str(err)) from None
+        found = await self.db.device_state(dev, hb.bundle_seq)
+        self._check_device(dev, token, found[0] if found else None)
+        assert found is not None
         await self.db.heartbeat(dev, hb, raw)
         self.heartbeats += 1
-        bundle = await self.db.bundle_for(dev, hb.bundle_seq)
+        bundle = await self.db.bundle_for(dev, hb.bundle_seq, found[1])
         return _raw_json(b'{"bundle":%s}' % (bundle.encode() if bundle else b"null"))
 
     async def bundle(self, request: web.Request) -> web.Response:

@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from mechaway.hub.keys import Signer, generate_pem
-from mechaway.hub.wire import bundle_payload, envelope
+from mechaway.hub.wire import bundle_payload, decode_batch, envelope
 
 from .harness import edge, flow, wait_for
 
@@ -60,7 +60,8 @@ class FakeHub:
         return web.Response(status=204)
 
     async def _telemetry(self, request: web.Request) -> web.Response:
-        return web.json_response({"error": "not here"}, status=404)
+        b = decode_batch(await request.read())
+        return web.json_response({"epoch": b.epoch, "acked": b.last, "live_hi": 0})
 
     def refusals(self) -> list[str]:
         return [r["detail"] for r in self.reports if r["result"] == "refused"]
