@@ -153,7 +153,7 @@ class FlowManager:
             rf = self.engine.flows.get(fid)
             if rf is not None:
                 rf.rev = rev
-            if source == "file":
+            if source == "file" and origin:  # a file deploy names its file (tests may not)
                 self.files[fid] = origin
             elif new:
                 self.files.pop(fid, None)
