@@ -91,14 +91,22 @@ def sd_notify(state: str) -> None:
         s.sendall(state.encode())
 
 
+#: a node whose last error is this recent is listed among the problems
+FAILING_WINDOW_S = 60.0
+
+
 def problems(
     store: Mapping[str, Any],
     connections: Mapping[str, Mapping[str, Any]],
     file_errors: Mapping[str, str],
+    flows: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    now: float | None = None,
 ) -> list[str]:
     """What an operator should look at now, one line each (empty: all is well): the
     details stay in their sections of the status."""
     found = []
+    now = time.time() if now is None else now
     if store.get("trouble"):
         since = store.get("trouble_since")
         when = ""
@@ -109,8 +117,19 @@ def problems(
         if conn.get("state") != "connected":
             why = conn.get("last_error")
             found.append(f"{name}: {conn.get('state')}" + (f" ({why})" if why else ""))
+        for line in conn.get("problems") or ():  # what a connection says of itself
+            found.append(f"{name}: {line}")
     if file_errors:
         found.append(f"flow files: {len(file_errors)} rejected (see flow_file_errors)")
+    for fid, flow in (flows or {}).items():
+        for nid, node in (flow.get("nodes") or {}).items():
+            last = node.get("last_error_ts") or 0.0
+            if node.get("errors") and now - last <= FAILING_WINDOW_S:
+                text = " ".join(str(node.get("last_error") or "").split())[:120]
+                found.append(
+                    f"flow {fid}: node {nid} failing ({node['errors']} errors,"
+                    f" last {max(0, int(now - last))}s ago: {text})"
+                )
     return found
 
 
@@ -211,12 +230,14 @@ class Daemon:
         file_errors = self.watcher.errors() if self.watcher else {}
         connections = self.drivers.status()
         store = self.db.stats()
+        flows = self.engine.status()
         return {
             "device": self.settings.device.id,
             "version": __version__,
             "uptime_s": round(time.monotonic() - self._started, 3),
-            "problems": problems(store, connections, file_errors) + self._hub_problems(),
-            "flows": self.engine.status(),
+            "problems": problems(store, connections, file_errors, flows)
+            + self._hub_problems(),
+            "flows": flows,
             "flow_file_errors": file_errors,
             "connections": connections,
             "store": {

@@ -240,9 +240,18 @@ class FilterNode(Node[FilterParams]):
     def __init__(self, node_id: str, params: FilterParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         self._pred = compile_condition(params)
+        #: messages held back by the condition (shown in status: a filter that passes
+        #: nothing is visible, not silent)
+        self.suppressed = 0
 
     def process(self, msg: Message) -> Result:
-        return msg if self._pred(msg) else None
+        if self._pred(msg):
+            return msg
+        self.suppressed += 1
+        return None
+
+    def status(self) -> dict[str, Any] | None:
+        return {"suppressed": self.suppressed}
 
 
 class ChangeRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -464,6 +473,8 @@ class DeadbandNode(Node[DeadbandParams]):
         #: topic -> last passed value, least recently seen first
         self._last: dict[str, float] = {}
         self.evicted = 0
+        #: values held back inside the band
+        self.suppressed = 0
 
     def process(self, msg: Message) -> Result:
         v = get_path(msg, self._keys)
@@ -485,9 +496,11 @@ class DeadbandNode(Node[DeadbandParams]):
             if p.percent is not None:
                 if (last == 0 and v == 0) or (last != 0 and delta * 100.0 / abs(last) < p.percent):
                     last_seen[k] = last
+                    self.suppressed += 1
                     return None
             elif delta < p.band or (p.band == 0 and delta == 0):
                 last_seen[k] = last
+                self.suppressed += 1
                 return None
         elif len(last_seen) >= self.params.max_keys:
             del last_seen[next(iter(last_seen))]
@@ -496,7 +509,7 @@ class DeadbandNode(Node[DeadbandParams]):
         return msg
 
     def status(self) -> dict[str, Any] | None:
-        return {"keys": len(self._last), "evicted": self.evicted}
+        return {"keys": len(self._last), "evicted": self.evicted, "suppressed": self.suppressed}
 
     def get_state(self) -> Any:
         return dict(self._last)

@@ -397,6 +397,7 @@ async def test_filter_on_nested_property_missing_never_matches(engine: Engine) -
     )
     await feed(engine, "f", [{"t": 1}, {"t": -1}, {}, 7, {"t": "hot"}])
     assert payloads("f", "sink_out") == [{"t": 1}]
+    assert stats(engine, "f", "n")["suppressed"] == 4  # counted, shown in status
     # neq on a missing property does not match either
     await deploy(
         engine, single("g", "FilterNode", {"property": "payload.t", "op": "neq", "value": 1})
@@ -431,6 +432,7 @@ async def test_deadband_absolute_band(engine: Engine) -> None:
     await deploy(engine, single("f", "DeadbandNode", {"band": 1.0}))
     await feed(engine, "f", [10, 10.5, 11, 11.2, 9.9, 9.9])
     assert payloads("f", "sink_out") == [10, 11, 9.9]
+    assert stats(engine, "f", "n")["suppressed"] == 3
 
 
 async def test_deadband_zero_band_passes_changes_only(engine: Engine) -> None:

@@ -48,3 +48,42 @@ def test_a_daemon_whose_broker_is_unreachable_says_so(tmp_path: Path) -> None:
         assert "Connection refused" in found[0]
     finally:
         assert d.terminate() == 0
+
+
+def test_a_failing_node_is_a_problem_while_it_keeps_failing() -> None:
+    flows = {
+        "gh": {
+            "nodes": {
+                "calc": {"errors": 812, "last_error": "ZeroDivisionError:\n x",
+                         "last_error_ts": 990.0},
+                "old": {"errors": 3, "last_error": "long ago", "last_error_ts": 100.0},
+                "fine": {"errors": 0, "last_error": None, "last_error_ts": None},
+            }
+        }
+    }
+    found = problems({}, {}, {}, flows, now=1000.0)
+    assert found == ["flow gh: node calc failing (812 errors, last 10s ago: ZeroDivisionError: x)"]
+
+
+def test_a_connection_can_name_its_own_problems() -> None:
+    found = problems({}, {"mqtt.a": {"state": "connected", "problems": ["feedback storm"]}}, {})
+    assert found == ["mqtt.a: feedback storm"]
+
+
+def test_a_daemon_lists_a_node_that_errors_on_every_message(tmp_path: Path) -> None:
+    d = DaemonProc(tmp_path / "d")
+    (d.flows / "bad.json").write_text(
+        '{"id": "bad", "nodes": [{"id": "t", "type": "InjectNode", "params": {"interval": 0.1,'
+        ' "payload": "x"}}, {"id": "db", "type": "DeadbandNode", "params": {"band": 1}}],'
+        ' "edges": [{"from": "t", "to": "db"}]}'
+    )
+    d.start()
+    try:
+        found = d.wait(
+            lambda: [p for p in d.status()["problems"] if p.startswith("flow bad: node db")],
+            20,
+            "the failing node among the problems",
+        )
+        assert "failing (" in found[0] and "payload is not a number" in found[0]
+    finally:
+        assert d.terminate() == 0
