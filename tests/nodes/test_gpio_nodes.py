@@ -167,6 +167,9 @@ def test_a_pin_claimed_twice_in_one_flow_is_a_validation_error_naming_both() -> 
             "'dim' (PWMOutNode)") in text  # fmt: skip
     assert "GPIO pin 4 is claimed by both 'btn' (GPIOInNode) and 'led' (GPIOOutNode)" in text
     doc["nodes"][2]["params"]["pin"] = 18
+    doc["nodes"][4]["disabled"] = True  # a disabled node holds nothing: an alternative wiring
+    assert validate(doc).nodes.keys() == {"src", "fan", "dim", "btn"}
+    doc["nodes"][4]["disabled"] = False
     doc["nodes"][4]["params"]["pin"] = 27
     assert validate(doc).nodes.keys() == {"src", "fan", "dim", "btn", "led"}
     with pytest.raises(FlowError, match=r"nodes\[1\] \(fan\)\.params\.pin: expected `int` <= 53"):

@@ -122,6 +122,8 @@ class I2CDriver(Driver[I2CSettings]):
     ``fn(smbus)`` on the bus's thread inside a transaction."""
 
     Settings = I2CSettings
+    #: ``connection: "default"`` works unconfigured: bus 1, the Pi's header bus
+    implicit_default = True
 
     def __init__(
         self,

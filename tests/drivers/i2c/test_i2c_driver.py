@@ -239,3 +239,15 @@ async def test_sht31_ads1115_and_raw_sequences(bus: tuple[I2CDriver, FakeSMBus])
     raw = RawReader(0x30, [RawSpec("t", 0x10, "int16", "big", 0.1, 0.0),
                            RawSpec("n", 0x20, "uint32", "little")])  # fmt: skip
     assert await raw.read(drv) == {"t": pytest.approx(-20.0), "n": 0x04030201}
+
+
+@pytest.mark.asyncio
+async def test_the_default_bus_needs_no_section_and_others_do() -> None:
+    from mechaway.drivers.base import Connections
+
+    conns = Connections({})
+    default = await conns.get(I2CDriver)  # bus 1, absent on this machine: retried, shown
+    assert isinstance(default, I2CDriver) and default.settings.bus == 1
+    with pytest.raises(KeyError, match=r"no \[i2c\.aux\] connection is configured"):
+        await conns.get(I2CDriver, "aux")
+    await conns.close()
