@@ -128,10 +128,13 @@ class EventHub:
         send_timeout_s: float = SEND_TIMEOUT_S,
         auth_timeout_s: float = AUTH_TIMEOUT_S,
         max_clients: int = MAX_CLIENTS,
+        authorize: Callable[[Any], bool] | None = None,
     ) -> None:
         self.engine = engine
         self.status_fn = status_fn
         self.token = token
+        #: the API's own token check (admin or read-only tokens, auth off): wins over token
+        self.authorize = authorize
         self.tick_s = tick_s
         self.status_every = status_every
         self.queue_max = queue_max
@@ -197,9 +200,12 @@ class EventHub:
                 data = None
             if isinstance(data, dict) and data.get("type") == "auth":
                 token = data.get("token")
-                if self.token is None:
+                if self.authorize is not None:
+                    if self.authorize(token if isinstance(token, str) else None):
+                        return True
+                elif self.token is None:
                     return True  # no token configured: the HTTP API is open too
-                if isinstance(token, str) and hmac.compare_digest(
+                elif isinstance(token, str) and hmac.compare_digest(
                     token.encode("utf-8", "surrogateescape"), self.token.encode()
                 ):
                     return True

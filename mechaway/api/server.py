@@ -439,7 +439,10 @@ def make_app(
     r.add_get(f"{PREFIX}/schema/{{type}}", schema)
     r.add_post(f"{PREFIX}/validate", validate_flow)
     r.add_post(f"{PREFIX}/import/nodered", import_nodered)
-    hub = app[EVENTS] = EventHub(manager.engine, status_fn, token)
+    guard_ = app[GUARD]
+    hub = app[EVENTS] = EventHub(
+        manager.engine, status_fn, token, authorize=lambda t: guard_.role_of(t) is not None
+    )
     r.add_get(f"{PREFIX}/events", hub.handle)
     manager.on_change.append(hub.on_change)
 

@@ -305,3 +305,26 @@ def test_the_token_file_is_made_once(tmp_path: Path) -> None:
     (tmp_path / "api-token").write_text("")
     with pytest.raises(PermissionError, match="holds no readable token"):
         ensure_token_file(tmp_path)
+
+
+@pytest.mark.asyncio
+async def test_the_events_socket_takes_admin_and_read_tokens_and_checks_origin(
+    app_client: Any,
+) -> None:
+    client, _app = app_client
+    for token in ("admin-token-0123456789", "read-token-0123456789"):
+        ws = await client.ws_connect("/api/v1/events")
+        await ws.send_json({"type": "auth", "token": token})
+        first = await ws.receive_json(timeout=5)
+        assert first["type"] == "hello", first
+        await ws.close()
+    ws = await client.ws_connect("/api/v1/events")
+    await ws.send_json({"type": "auth", "token": "wrong-token-0123456789"})
+    msg = await ws.receive(timeout=5)
+    assert ws.close_code == 4401 or msg.data == 4401
+    # a page elsewhere cannot even open it (cross-site WebSocket hijacking)
+    resp = await client.get("/api/v1/events", headers={
+        "Origin": "http://attacker.example", "Upgrade": "websocket", "Connection": "Upgrade",
+        "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    })  # fmt: skip
+    assert resp.status == 403
