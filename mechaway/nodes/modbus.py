@@ -29,6 +29,7 @@ from mechaway.drivers.modbus.decode import (
     plan,
     width,
 )
+from mechaway.drivers.modbus.driver import ModbusDriver, ModbusExceptionReply
 from mechaway.errors import MechawayError, NotConnected, error_text
 from mechaway.nodes.base import Message, Result, SinkNode, SinkParams, get_path
 from mechaway.nodes.base import split_path as _split_path
@@ -36,7 +37,6 @@ from mechaway.nodes.registry import register_node
 from mechaway.tasks import OwnedTask
 
 if TYPE_CHECKING:
-    from mechaway.drivers.modbus.driver import ModbusDriver
     from mechaway.nodes.context import NodeContext
 
 #: registers a merged request may read between two values unless a profile says otherwise
@@ -126,8 +126,6 @@ class _ModbusNode:
         self.failures: dict[str, int] = {}
 
     async def _connect(self) -> ModbusDriver:
-        from mechaway.drivers.modbus.driver import ModbusDriver
-
         conn = await self.ctx.services.connection(ModbusDriver, self._connection)
         self._conn = conn
         return conn
@@ -249,8 +247,6 @@ class ModbusReadNode(_ModbusNode, SinkNode[ModbusReadParams]):
                 "ts": time.time()}  # fmt: skip
 
     async def _poll(self, conn: ModbusDriver, unit: int) -> dict[str, Any]:
-        from mechaway.drivers.modbus.driver import ModbusExceptionReply
-
         payload: dict[str, Any] = {}
         spans = self._spans
         i = 0

@@ -462,7 +462,7 @@ class ModbusDriver(Driver[ModbusSettings]):
             )  # fmt: skip
 
     def _unit_ok(self, u: UnitHealth) -> None:
-        u.replies += 1
+        """``u`` answered (a reply is counted by the caller; an exception reply here)."""
         if u.dead:
             u.dead = False
             u.since = time.time()
@@ -495,22 +495,22 @@ class ModbusDriver(Driver[ModbusSettings]):
         await self._request(unit, _write_op, address, (table, list(values)))
 
     async def _request(self, unit: int, op: Op, address: int, arg: Any) -> Any:
-        u = self.unit(unit)
+        u = self._units.get(unit) or self.unit(unit)
         tries = 1 if u.dead else 1 + self.settings.retries
-        health = self.health
+        counters = self.health.counters
         async with self.bus.transaction():
             link = self._link
             if link is None or link.closed:
-                health.count("not_connected")
+                counters["not_connected"] += 1
                 raise NotConnected(
-                    f"{self.label}: not connected ({health.last_error or 'connecting'})"
+                    f"{self.label}: not connected ({self.health.last_error or 'connecting'})"
                 )
-            pm = _pymodbus()
+            pm = _PM
             failure: ModbusTimeout | None = None
             for _ in range(tries):
                 link.rx = b""
                 u.requests += 1
-                health.count("requests")
+                counters["requests"] += 1
                 try:
                     resp = await op(link.client, address, arg, unit)
                 except pm.ModbusIOException:
@@ -519,20 +519,22 @@ class ModbusDriver(Driver[ModbusSettings]):
                         break
                     continue
                 except pm.ConnectionException as err:
-                    health.count("not_connected")
+                    counters["not_connected"] += 1
                     raise NotConnected(f"{self.label}: {err}") from None
                 self._silent = 0
                 if resp.isError():
                     code = int(getattr(resp, "exception_code", 0) or 0)
-                    health.count("exceptions")
+                    counters["exceptions"] += 1
                     text = f"unit {unit}: exception {code} ({EXCEPTION_NAMES.get(code, '?')})"
                     if code in GATEWAY_NO_UNIT:
                         self._unit_failed(u, text)
                     else:
                         self._unit_ok(u)
                     raise ModbusExceptionReply(text, unit, code)
-                health.count("replies")
-                self._unit_ok(u)
+                counters["replies"] += 1
+                u.replies += 1
+                if u.dead or u.failures:
+                    self._unit_ok(u)
                 return resp
             assert failure is not None
             self._unit_failed(u, str(failure))
