@@ -103,13 +103,15 @@ if TYPE_CHECKING:
     from mechaway.nodes.registry import DuplicateNodeType, register_node
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mechaway' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # once: later uses are plain attribute reads
-    return value
+else:  # hidden from type checkers, so that they check every name against the imports above
+
+    def __getattr__(name: str) -> Any:
+        module = _EXPORTS.get(name)
+        if module is None:
+            raise AttributeError(f"module 'mechaway' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # once: later uses are plain attribute reads
+        return value
 
 
 def __dir__() -> list[str]:

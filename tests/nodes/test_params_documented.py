@@ -10,20 +10,27 @@ import msgspec
 import pytest
 
 from mechaway import Node, NodeParams
-from mechaway.nodes.registry import node_types, origin, params_schema, register_node
+from mechaway.nodes.registry import (
+    load_entry_points,
+    node_types,
+    origin,
+    params_schema,
+    register_node,
+)
 
 
 def documented_types() -> dict[str, type[Node]]:
     """Every registered type whose params are code: built-ins, ``mechaway.testing`` and
-    entry-point plugins. WASM packs are left out: their schema is a user's manifest (data,
-    where a description is optional), and test files register throwaway types of their own.
+    entry-point plugins. WASM packs are left out (their schema is a user's manifest: data,
+    where a description is optional), as are the throwaway types test files register.
     """
     import mechaway.testing.nodes  # noqa: F401  (registers the test helper types too)
 
+    plugins = {t for report in load_entry_points() for t in report.types}
     return {
         name: cls
         for name, cls in node_types().items()
-        if not origin(name).startswith("wasm pack") and not cls.__module__.startswith("test")
+        if cls.__module__.startswith("mechaway.") or name in plugins
     }
 
 
