@@ -75,11 +75,15 @@ class NodeStats:
 
 
 class NodeParams(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Base for node params: unknown keys are errors, every field is keyword-only.
+    """Base for node params: unknown keys are errors, its fields are keyword-only.
 
-    Bounds a schema can state go in the field's ``msgspec.Meta`` (``ge=``, ``min_length=``),
-    where the JSON Schema, the docs and an editor see them; ``__post_init__`` keeps only
-    rules across fields (and says so in their descriptions), raising ``ValueError``.
+    Every field carries ``Annotated[T, msgspec.Meta(description=...)]``: the JSON Schema,
+    ``docs/nodes.md`` and an editor's forms are built from it (a test fails for a built-in
+    type with an undocumented field). Bounds a schema can state go in the same ``Meta``
+    (``ge=``, ``min_length=``); ``__post_init__`` keeps only rules across fields (and the
+    descriptions say so), raising ``ValueError``. msgspec does not inherit ``kw_only``: a
+    subclass with a required field after a defaulted one (``SinkParams``' queue keys) is
+    declared ``class XParams(SinkParams, kw_only=True)``.
     """
 
     def __post_init__(self) -> None:
