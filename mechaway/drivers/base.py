@@ -126,6 +126,8 @@ class DriverEnv:
 # Status
 # ---------------------------------------------------------------------------------------
 #: states a connection is in; ``problems`` lists every connection not ``connected``
+#: (a ``Supervisor`` with ``states_by_kind`` names a failed attempt by its kind instead:
+#: ``unreachable``, ``auth refused``...)
 STATES = ("new", "connecting", "connected", "failed", "closed")
 
 
@@ -212,6 +214,11 @@ class Driver(Generic[S]):
 
     async def close(self, timeout: float = 5.0) -> None:
         """Release everything, bounded by ``timeout``. Idempotent."""
+
+    def stopping(self) -> None:
+        """The daemon is stopping (told before its flows stop, then ``close``): what the
+        peer keeps for this client across a restart is kept (MQTT: a persistent
+        session's subscriptions). A hot swap or a removed flow is not a stop."""
 
     async def __aenter__(self: D) -> D:
         await self.start()
@@ -410,6 +417,14 @@ class Connections:
                 except KeyError as err:
                     log.error("%s.%s: %s", kind, name, err.args[0])
 
+    def stopping(self) -> None:
+        """Tell every connection the daemon is stopping (``Driver.stopping``)."""
+        for key, drv in self._live.items():
+            try:
+                drv.stopping()
+            except Exception:
+                log.exception("%s.%s: stopping failed", *key)
+
     def live(self) -> dict[tuple[str, str], Driver[Any]]:
         return dict(self._live)
 
@@ -456,13 +471,20 @@ class Backoff:
 
 class LinkFailed(MechawayError):
     """A connection attempt failed: ``kind`` sorts it for the once-per-burst log
-    (``unreachable``, ``refused``, ``auth refused``, ``protocol error``...)."""
+    (``unreachable``, ``refused``, ``auth refused``, ``protocol error``...).
 
-    def __init__(self, kind: str, message: str, counter: str | None = None) -> None:
+    Also what ``lost`` may return for a link that ended: its text, with ``key`` to log it
+    apart from other losses (a broker fault) and ``counter``."""
+
+    def __init__(
+        self, kind: str, message: str, counter: str | None = None, *, key: str | None = None
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         #: a counter of the driver's status to add one to
         self.counter = counter
+        #: what it is logged once per burst as (default: ``kind``)
+        self.key = key
 
 
 L = TypeVar("L")
@@ -474,7 +496,13 @@ class Supervisor(Generic[L]):
 
     The burst: failures since the connection was last stable. Each kind of failure is
     logged once per burst (a warning), the rest at debug; after ``stable_after`` seconds
-    up, one line says it recovered and the backoff starts again from ``reconnect_min``.
+    up, one line says it recovered, ``on_stable()`` runs (the driver's own once-per-burst
+    logging starts afresh) and the backoff starts again from ``reconnect_min``.
+
+    ``lost`` returns the reason as text, or a ``LinkFailed`` whose ``key`` and ``counter``
+    sort it. ``states_by_kind``: a failed attempt leaves the state named by its kind
+    (``unreachable``, ``auth refused``) rather than ``connecting``. ``target`` names the
+    peer in the "connected" line.
     """
 
     def __init__(
@@ -484,16 +512,22 @@ class Supervisor(Generic[L]):
         settings: DriverSettings,
         *,
         open: Callable[[], Awaitable[L]],
-        lost: Callable[[L], Awaitable[str]],
+        lost: Callable[[L], Awaitable[str | LinkFailed]],
         up: Callable[[L], None] | None = None,
         release: Callable[[L], Awaitable[None]] | None = None,
         logger: logging.Logger | None = None,
+        on_stable: Callable[[], None] | None = None,
+        states_by_kind: bool = False,
+        target: str = "",
     ) -> None:
         self.label = label
         self.health = health
         self.settings = settings
         self.backoff = Backoff(settings.reconnect_min, settings.reconnect_max)
         self._open, self._lost, self._up, self._release = open, lost, up, release
+        self._on_stable = on_stable
+        self._states_by_kind = states_by_kind
+        self._target = f" to {target}" if target else ""
         self._log = logger or log
         self._task = OwnedTask(f"{label}.supervisor")
         self._kinds: set[str] = set()
@@ -518,7 +552,7 @@ class Supervisor(Generic[L]):
                 try:
                     link = await self._open()
                 except LinkFailed as err:
-                    self.failed(err.kind, str(err), counter=err.counter)
+                    self.failed(err.kind, str(err), key=err.key, counter=err.counter)
                 except (OSError, TimeoutError) as err:
                     self.failed("unreachable", _os_text(err))
                 except Exception as err:  # a library bug must not end the loop
@@ -537,8 +571,10 @@ class Supervisor(Generic[L]):
                             lost.cancel()
                     if time.monotonic() - up_at >= stable_after:
                         self.backoff.reset()
-                    if not self.closing:
-                        self.failed("lost", reason)
+                    if isinstance(reason, LinkFailed) and not self.closing:
+                        self.failed("lost", str(reason), key=reason.key, counter=reason.counter)
+                    elif not self.closing:
+                        self.failed("lost", str(reason))
             finally:
                 if link is not None and self._release is not None:
                     await self._release(link)
@@ -553,7 +589,7 @@ class Supervisor(Generic[L]):
         if self._failures:
             self._log.debug("%s: connected after %d failed attempts", self.label, self._failures)
         elif not self._kinds:
-            self._log.info("%s: connected", self.label)
+            self._log.info("%s: connected%s", self.label, self._target)
         if self._up is not None:
             try:
                 self._up(link)
@@ -571,7 +607,8 @@ class Supervisor(Generic[L]):
             self.health.count(counter)
         if not self._burst_since:
             self._burst_since = time.monotonic()
-        self.health.set("connecting", message)
+        state = kind if self._states_by_kind and kind != "lost" else "connecting"
+        self.health.set(state, message)
         if key not in self._kinds:
             self._kinds.add(key)
             self._log.warning(
@@ -590,6 +627,8 @@ class Supervisor(Generic[L]):
         self._kinds.clear()
         self._failures = 0
         self._burst_since = 0.0
+        if self._on_stable is not None:
+            self._on_stable()
 
 
 def _os_text(err: BaseException) -> str:

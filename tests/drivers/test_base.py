@@ -297,3 +297,100 @@ def test_thread_bridge_counts_calls_after_the_loop_closed() -> None:
     t.start()
     t.join()
     assert bridge.dropped == 1
+
+
+@pytest.mark.asyncio
+async def test_supervisor_sorts_losses_by_key_names_states_by_kind_and_says_stable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What MQTT needs of the supervisor: a loss returned as a ``LinkFailed`` is logged
+    once per ``key`` (a broker fault apart from a plain drop) and counted; with
+    ``states_by_kind`` a failed attempt shows its kind as the state; ``on_stable`` runs
+    when a burst ends; the "connected" line names the peer."""
+    # stable_after: far longer than a loss takes to be handled, so only the last link is
+    settings = FakeSettings(port="p", reconnect_min=0.001, reconnect_max=0.002, stable_after=1.0)
+    drv = FakeDriver("k", settings)
+    attempts = 0
+    links: list[FakeLink] = []
+    stable: list[float] = []
+    states: list[str] = []
+
+    async def open_link() -> FakeLink:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise LinkFailed("auth refused", "bad password", counter="auth_failures")
+        states.append(drv.health.state)
+        link = FakeLink()
+        links.append(link)
+        return link
+
+    async def lost(link: FakeLink) -> str | LinkFailed:
+        reason = await link.lost
+        if reason.startswith("fault"):
+            return LinkFailed("lost", reason, counter="faults", key="faults")
+        return reason
+
+    sup = Supervisor(
+        "fake[k]", drv.health, settings, open=open_link, lost=lost, states_by_kind=True,
+        on_stable=lambda: stable.append(time.monotonic()), target="host:1",
+        logger=logging.getLogger("test.sup2"),
+    )  # fmt: skip
+    with caplog.at_level(logging.DEBUG, "test.sup2"):
+        sup.start()
+        await until_true(lambda: len(links) == 1)
+        assert states == ["auth refused"]  # the state a failed attempt left
+        assert drv.health.last_error == "bad password"
+        links[0].lost.set_result("fault: bad packet")
+        await until_true(lambda: len(links) == 2)
+        links[1].lost.set_result("fault: bad packet again")
+        await until_true(lambda: len(links) == 3)
+        links[2].lost.set_result("cable pulled")
+        await until_true(lambda: len(links) == 4)
+        assert drv.health.counters == {"connect_failures": 1, "auth_failures": 1, "faults": 2}
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert warnings == [
+            "fake[k]: auth refused: bad password (retrying with backoff; logged once per burst)",
+            "fake[k]: lost: fault: bad packet (retrying with backoff; logged once per burst)",
+            "fake[k]: lost: cable pulled (retrying with backoff; logged once per burst)",
+        ]
+        assert drv.health.state == "connected" and drv.health.last_error == "cable pulled"
+        assert not stable
+        await until_true(lambda: bool(stable))
+        said = [r.getMessage() for r in caplog.records]
+        assert any("connected and stable again after 1 failed attempts" in m for m in said)
+        await sup.stop()
+    caplog.clear()
+    quiet = Supervisor(
+        "fake[q]", drv.health, settings, open=open_link, lost=lost, target="host:2",
+        logger=logging.getLogger("test.sup3"),
+    )  # fmt: skip
+    with caplog.at_level(logging.INFO, "test.sup3"):
+        quiet.start()
+        await until_true(lambda: any("connected to host:2" in r.getMessage()
+                                     for r in caplog.records))  # fmt: skip
+        await quiet.stop()
+
+
+@pytest.mark.asyncio
+async def test_connections_tell_each_driver_the_daemon_is_stopping() -> None:
+    told: list[str] = []
+
+    class Stopping(FakeDriver):
+        def stopping(self) -> None:
+            told.append(self.name)
+            raise RuntimeError("a driver's bug must not stop the others being told")
+
+    conns = Connections(parse_sections({"fake_test": {"a": {"port": "p"}, "b": {"port": "q"}}}))
+    await conns.get(Stopping, "a")
+    await conns.get(Stopping, "b")
+    conns.stopping()
+    assert sorted(told) == ["a", "b"]
+    await conns.close()
+
+
+async def until_true(cond: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)

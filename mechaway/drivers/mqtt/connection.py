@@ -19,16 +19,15 @@ import functools
 import itertools
 import logging
 import os
-import random
 import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future as ThreadFuture
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from mechaway.drivers.base import Driver, DriverEnv, register_driver
+from mechaway.drivers.base import Driver, DriverEnv, LinkFailed, Supervisor, register_driver
 from mechaway.drivers.mqtt.gmqtt_seam import (
     _DemotedLog,
     _gmqtt,
@@ -42,6 +41,7 @@ from mechaway.drivers.mqtt.spool import MemorySpool, Spool
 from mechaway.drivers.mqtt.topics import bad_topic, check_filter, check_topic, topic_matches
 from mechaway.drivers.mqtt.wire import TAKEN_OVER, Incoming
 from mechaway.errors import ConfigError, NotConnected, StoreUnavailable
+from mechaway.logs import OncePerKey
 
 __all__ = ["Handler", "MqttConnection", "Subscription"]
 
@@ -139,15 +139,6 @@ _SESSION_ENDING = frozenset({"protocol_errors", "keepalive_timeouts"})
 # ---------------------------------------------------------------------------------------
 # The connection
 # ---------------------------------------------------------------------------------------
-@dataclass(slots=True)
-class _Burst:
-    """Failures since the connection was last stable: each kind is logged once."""
-
-    kinds: set[str] = field(default_factory=set)
-    failures: int = 0
-    since: float = 0.0
-
-
 @register_driver("mqtt")
 class MqttConnection(Driver[MqttSettings]):
     """One broker connection shared by all nodes that name it; see the module docstring.
@@ -184,17 +175,16 @@ class MqttConnection(Driver[MqttSettings]):
             if spool is not None
             else MemorySpool(max(settings.spool_max, 1), settings.spool_overflow)
         )
-        self._counters = dict.fromkeys(_COUNTERS, 0)
+        #: the driver layer's status holds the counters; the hot path adds to this dict
+        self.health.counters = self._counters = dict.fromkeys(_COUNTERS, 0)
         self._lib_log = _DemotedLog(logging.getLogger("mechaway.drivers.mqtt.lib"))
         self._label = f"mqtt[{name}]"
-        self._state = "new"
-        self._state_since = time.time()
-        self._last_error: str | None = None
-        self._connects = 0
         self._up_at = 0.0  # when the current session was accepted (monotonic)
-        self._burst = _Burst()
+        #: warnings logged once per burst (reset when the connection is stable again)
+        self._once = OncePerKey(log)
         self._closing = False
-        self._runner: asyncio.Task[None] | None = None
+        self._sup: Supervisor[_GmqttSession] | None = None
+        self._ssl: ssl.SSLContext | None = None
         self._closer: asyncio.Task[None] | None = None
         self._session: _GmqttSession | None = None
         self._connected = asyncio.Event()
@@ -217,7 +207,6 @@ class MqttConnection(Driver[MqttSettings]):
         self._all_acked = asyncio.Event()  # no QoS>=1 publish awaits its ack (or offline)
         self._all_acked.set()
         self._handler_tasks: set[asyncio.Task[None]] = set()
-        self._logged_once: set[str] = set()
         self._good_topics: set[str] = set()  # topics already checked for publishing
 
     @classmethod
@@ -230,14 +219,25 @@ class MqttConnection(Driver[MqttSettings]):
     async def start(self) -> None:
         """Start connecting in the background; never raises for a broker that is down or
         refuses (see ``status()``). ConfigError for unreadable TLS files."""
-        if self._runner is not None or self._closing:
+        if self._sup is not None or self._closing:
             return
-        ssl_ctx = self._ssl_context()
+        self._ssl = self._ssl_context()
         _gmqtt()  # import now: an import problem is a start-up error, not a reconnect loop
-        self._state = "connecting"
-        self._runner = asyncio.create_task(
-            self._supervise(ssl_ctx), name=f"{self._label}.supervisor"
+        s = self.settings
+        self._sup = Supervisor(
+            self._label,
+            self.health,
+            s,
+            open=self._open,
+            lost=self._lost,
+            up=self._up,
+            release=self._release,
+            logger=log,
+            on_stable=self._once.reset,
+            states_by_kind=True,
+            target=f"{s.host}:{s.port} as {self.client_id}",
         )
+        self._sup.start()
 
     async def close(self, timeout: float = 5.0) -> None:
         """Publish retained ``offline``, wait (bounded) for acks, disconnect. Idempotent
@@ -251,6 +251,8 @@ class MqttConnection(Driver[MqttSettings]):
 
     async def _close(self, timeout: float) -> None:
         self._closing = True
+        if self._sup is not None:
+            self._sup.closing = True  # a loss from now on is our own doing
         deadline = time.monotonic() + timeout
         session = self._session
         if session is not None and not session.lost.is_set():
@@ -258,11 +260,8 @@ class MqttConnection(Driver[MqttSettings]):
                 self._send(session, _Out(self.status_topic, b"offline", 1, True, requeue=False))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_acked.wait(), deadline - time.monotonic())
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-            self._runner = None
+        if self._sup is not None:
+            await self._sup.stop()
         if session is not None:
             self._session = None
             await session.close(graceful=True, timeout=max(0.1, deadline - time.monotonic()))
@@ -288,16 +287,17 @@ class MqttConnection(Driver[MqttSettings]):
         for fut in self._suback_waiters.values():
             fut.cancel()
         self._suback_waiters.clear()
-        self._set_state("closed")
+        self.health.set("closed")
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until connected; NotConnected (with the last error) after ``timeout``."""
         try:
             await asyncio.wait_for(self._connected.wait(), timeout)
         except TimeoutError as err:
+            why = f"{self.health.state}: {self.health.last_error or 'no error yet'}"
             raise NotConnected(
                 f"{self._label}: not connected to {self.settings.host}:{self.settings.port}"
-                f" after {timeout:g} s ({self._state}: {self._last_error or 'no error yet'})"
+                f" after {timeout:g} s ({why})"
             ) from err
 
     async def wait_subscribed(self, timeout: float = 5.0) -> None:
@@ -492,22 +492,21 @@ class MqttConnection(Driver[MqttSettings]):
         """A message the store could not keep is not acknowledged: the session ends, and the
         broker (persistent session) delivers it again on the next one, after the backoff."""
         self._counters["redeliveries_requested"] += 1
-        if "redeliver" not in self._logged_once:
-            self._logged_once.add("redeliver")
-            log.warning(
-                "%s: %s; not acknowledged, reconnecting so that the broker delivers it again"
-                " (logged once per burst)",
-                self._label,
-                err,
-            )
+        self._once.warning(
+            "redeliver",
+            "%s: %s; not acknowledged, reconnecting so that the broker delivers it again"
+            " (logged once per burst)",
+            self._label,
+            err,
+        )
         session.abort(f"store unavailable ({err.reason}): asking the broker to redeliver")
 
     def _acked_unstored(self, topic: str, err: StoreUnavailable) -> None:
         """A clean session keeps nothing across a reconnect: ending it would lose this
         message and every other in flight, so it is acknowledged, counted, and said."""
         self._counters["acked_unstored"] += 1
-        if "unstored" not in self._logged_once:
-            self._logged_once.add("unstored")
+        if "unstored" not in self._once.seen:  # an error, not a warning: said as one
+            self._once.seen.add("unstored")
             log.error(
                 "%s: a message on %r was acknowledged although the store could not keep it"
                 " (%s); with clean_session = false the broker would deliver it again"
@@ -545,8 +544,8 @@ class MqttConnection(Driver[MqttSettings]):
 
     def _handler_failed(self, topic: str, err: Exception) -> None:
         self._counters["handler_errors"] += 1
-        if "handler" not in self._logged_once:
-            self._logged_once.add("handler")
+        if "handler" not in self._once.seen:  # with its traceback
+            self._once.seen.add("handler")
             log.warning(
                 "%s: a handler raised on %r: %r (counted; logged once per burst)",
                 self._label,
@@ -751,61 +750,53 @@ class MqttConnection(Driver[MqttSettings]):
             fut.cancel()
         self._suback_waiters.clear()
         if not self._closing:
-            self._set_state("connecting", reason)
+            self.health.set("connecting", reason)
 
-    async def _supervise(self, ssl_ctx: ssl.SSLContext | None) -> None:
-        attempt = 0
+    # -- the Supervisor's hooks ------------------------------------------------------------
+    async def _open(self) -> _GmqttSession:
+        """One connection attempt: a fresh session, connected (CONNACK accepted)."""
         s = self.settings
-        will = (self.status_topic, b"offline") if s.birth else None
-        while not self._closing:
-            session = _GmqttSession(
-                self,
-                label=self._label,
-                settings=s,
-                client_id=self.client_id,
-                will=will,
-                ssl_ctx=ssl_ctx,
-                lib_log=self._lib_log,
-            )
-            try:
-                try:
-                    await session.connect()
-                except _Refused as err:
-                    self._counters["auth_failures"] += err.auth
-                    self._failed("auth refused" if err.auth else "refused", str(err))
-                except _Violation as err:
-                    self._failed(
-                        "protocol error", f"{s.host}:{s.port}: broker violated MQTT: {err}"
-                    )
-                except (OSError, TimeoutError, _SessionLost) as err:
-                    self._failed("unreachable", f"{s.host}:{s.port}: {err}")
-                except Exception as err:  # a library bug must not end the loop
-                    self._failed("error", repr(err))
-                else:
-                    up_at = time.monotonic()
-                    try:
-                        self._connected_on(session)
-                    except Exception as err:  # a bug here must not end reconnection
-                        log.exception("%s: setting up the connection failed", self._label)
-                        session.abort(f"setup failed: {err!r}")
-                    try:
-                        await asyncio.wait_for(session.lost.wait(), self.settings.stable_after)
-                    except TimeoutError:
-                        self._stable()
-                        await session.lost.wait()
-                    if time.monotonic() - up_at >= self.settings.stable_after:
-                        attempt = 0
-                    if not self._closing:
-                        # a loss the broker's fault caused is its own kind in the burst log
-                        self._failed("lost", session.lost_reason, session.fault)
-            finally:
-                if self._session is not session:  # keep a live one for close()
-                    await session.close(graceful=False, timeout=1.0)
-            if self._closing:
-                return
-            delay = min(s.reconnect_max, s.reconnect_min * 2 ** min(attempt, 30))
-            attempt += 1
-            await asyncio.sleep(random.uniform(delay / 2, delay))
+        session = _GmqttSession(
+            self,
+            label=self._label,
+            settings=s,
+            client_id=self.client_id,
+            will=(self.status_topic, b"offline") if s.birth else None,
+            ssl_ctx=self._ssl,
+            lib_log=self._lib_log,
+        )
+        try:
+            await session.connect()
+        except BaseException as err:
+            await session.close(graceful=False, timeout=1.0)
+            if isinstance(err, _Refused):
+                kind = "auth refused" if err.auth else "refused"
+                raise LinkFailed(kind, str(err), "auth_failures" if err.auth else None) from err
+            if isinstance(err, _Violation):
+                where = f"{s.host}:{s.port}: broker violated MQTT: {err}"
+                raise LinkFailed("protocol error", where) from err
+            if isinstance(err, (OSError, TimeoutError, _SessionLost)):
+                raise LinkFailed("unreachable", f"{s.host}:{s.port}: {err}") from err
+            raise
+        return session
+
+    def _up(self, session: _GmqttSession) -> None:
+        try:
+            self._connected_on(session)
+        except Exception as err:  # a bug here must not end reconnection
+            log.exception("%s: setting up the connection failed", self._label)
+            session.abort(f"setup failed: {err!r}")
+
+    @staticmethod
+    async def _lost(session: _GmqttSession) -> LinkFailed:
+        """Why the session ended (explained by ``_on_lost``); a loss the broker's fault
+        caused is its own kind in the burst log."""
+        await session.lost.wait()
+        return LinkFailed("lost", session.lost_reason, key=session.fault)
+
+    async def _release(self, session: _GmqttSession) -> None:
+        if self._session is not session:  # keep a live one for close()
+            await session.close(graceful=False, timeout=1.0)
 
     def _on_broker_fault(self, session: _GmqttSession, counter: str, what: str) -> None:
         """The broker misbehaved: counted. What ends the session is logged by ``_failed``
@@ -845,23 +836,11 @@ class MqttConnection(Driver[MqttSettings]):
     def _connected_on(self, session: _GmqttSession) -> None:
         self._session = session
         self._up_at = time.monotonic()
-        self._connects += 1
         window = self.settings.max_inflight
         if session.receive_maximum:
             # gmqtt refuses a packet id past receive_maximum - 2; keep room for SUBSCRIBEs
             window = max(1, min(window, session.receive_maximum - 4))
         self._window = window
-        self._set_state("connected")
-        if self._burst.failures:
-            log.debug("%s: connected after %d failed attempts", self._label, self._burst.failures)
-        elif not self._burst.kinds:
-            log.info(
-                "%s: connected to %s:%d as %s",
-                self._label,
-                self.settings.host,
-                self.settings.port,
-                self.client_id,
-            )
         for flt, subs in self._subs.items():
             self._send_subscribe(session, flt, max(sub.qos for sub in subs))
             if self._session is not session:  # the socket died under the SUBSCRIBE
@@ -872,52 +851,8 @@ class MqttConnection(Driver[MqttSettings]):
         if self._session is session:
             self._connected.set()
 
-    def _failed(self, kind: str, message: str, key: str | None = None) -> None:
-        """An attempt failed or a session was lost; logged once per burst for each ``key``
-        (default: ``kind``)."""
-        burst = self._burst
-        key = key or kind
-        if kind != "lost":
-            self._counters["connect_failures"] += 1
-            burst.failures += 1
-        if not burst.since:
-            burst.since = time.monotonic()
-        self._last_error = message
-        self._set_state({"lost": "connecting"}.get(kind, kind), message)
-        if key not in burst.kinds:
-            burst.kinds.add(key)
-            log.warning(
-                "%s: %s: %s (retrying with backoff; logged once per burst)",
-                self._label,
-                kind,
-                message,
-            )
-        else:
-            log.debug("%s: %s: %s", self._label, kind, message)
-
-    def _stable(self) -> None:
-        burst = self._burst
-        if burst.kinds:
-            log.info(
-                "%s: connected and stable again after %d failed attempts in %.1f s",
-                self._label,
-                burst.failures,
-                time.monotonic() - burst.since,
-            )
-        self._burst = _Burst()
-        self._logged_once.clear()
-
-    def _set_state(self, state: str, error: str | None = None) -> None:
-        if state != self._state:
-            self._state = state
-            self._state_since = time.time()
-        if error is not None:
-            self._last_error = error
-
     def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._logged_once:
-            self._logged_once.add(key)
-            log.warning("%s: %s (counted; logged once per burst)", self._label, message)
+        self._once.warning(key, "%s: %s (counted; logged once per burst)", self._label, message)
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         s = self.settings
@@ -940,19 +875,13 @@ class MqttConnection(Driver[MqttSettings]):
     def connected(self) -> bool:
         return self._session is not None
 
-    def status(self) -> dict[str, Any]:
-        """State for ``GET /api/v1/status``: JSON-ready."""
+    def extra_status(self) -> dict[str, Any]:
+        """What MQTT adds to the driver layer's status (``GET /api/v1/status``)."""
         session = self._session
         return {
-            "kind": "mqtt",
-            "name": self.name,
+            "connected": session is not None,
             "broker": f"{self.settings.host}:{self.settings.port}",
             "client_id": self.client_id,
-            "state": self._state,
-            "connected": session is not None,
-            "since": self._state_since,
-            "last_error": self._last_error,
-            "reconnects": max(0, self._connects - 1),
             "tcp_nodelay": session.nodelay() if session is not None else None,
             "subscriptions": sorted(self._subs),
             "inflight": self._unacked,
@@ -962,5 +891,4 @@ class MqttConnection(Driver[MqttSettings]):
             "window": self._window,
             "retry_queue": len(self._retry),
             "spool": len(self._spool),
-            "counters": dict(self._counters),
         }

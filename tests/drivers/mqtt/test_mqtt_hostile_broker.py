@@ -19,6 +19,7 @@ import pytest
 import pytest_asyncio
 from test_mqtt_driver import Collect, publish_packet, until, varint
 
+import mechaway.drivers.base as drivers_base
 import mechaway.drivers.mqtt as mqtt_mod
 import mechaway.drivers.mqtt.connection as mqtt_connection
 from mechaway.drivers.mqtt import MqttConnection, MqttSettings
@@ -664,7 +665,7 @@ async def test_a_broker_closing_after_each_connack_gets_a_growing_jittered_backo
             delays.append((a, b))
             return random.uniform(a, b)
 
-    monkeypatch.setattr(mqtt_connection, "random", Recorder)
+    monkeypatch.setattr(drivers_base, "random", Recorder)
 
     async def slam(peer: Peer, n: int) -> None:
         await peer.send(CONNACK_V5)
