@@ -25,8 +25,9 @@ naming the module that registers them. The names are imported on first use, so
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+# ``typing`` is not imported: ``import mechaway`` (so every ``import mechaway.x``) stays as
+# cheap as the interpreter's own start; type checkers treat the name as true all the same.
+TYPE_CHECKING = False
 
 __version__ = "0.1.0"
 
@@ -84,6 +85,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from mechaway.errors import ConfigError, FlowError, MechawayError, NodeError, NotConnected
     from mechaway.nodes.base import (
         Emit,
@@ -109,6 +112,8 @@ else:  # hidden from type checkers, so that they check every name against the im
         module = _EXPORTS.get(name)
         if module is None:
             raise AttributeError(f"module 'mechaway' has no attribute {name!r}")
+        import importlib
+
         value = getattr(importlib.import_module(module), name)
         globals()[name] = value  # once: later uses are plain attribute reads
         return value
