@@ -448,7 +448,7 @@ class HubSync:
             kept = f"rev {good} keeps running" if good else "nothing runs"
             text = err.render() if hasattr(err, "render") else str(err)
             log.error("hub flow %s (bundle %d) failed, %s: %s", fid, seq, kept, text)
-            self._report("failed", flow=fid, seq=seq, detail=f"{text}; {kept}")
+            self._report("failed", flow=fid, seq=seq, detail=f"{kept}: {text}")
             return
         self.state.managed[fid] = digest
         self.state.failed.pop(fid, None)
