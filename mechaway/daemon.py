@@ -315,6 +315,25 @@ class Daemon:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
 
+    def _check_flows_dir(self) -> None:
+        """A flows directory that does not exist is a mistake (a typo in ``--flows``), not
+        an empty one: said at start instead of running with no flows and no problem."""
+        d = self.flows_dir
+        if d is None:
+            return
+        try:
+            is_dir = d.is_dir()
+            exists = is_dir or d.exists()
+        except OSError as err:
+            raise ConfigError(f"flows directory {d}: cannot use: {err.strerror or err}") from err
+        if not exists:
+            raise ConfigError(
+                f"flows directory {d} does not exist: create it (mkdir -p {d}) or fix"
+                " flows.dir / --flows"
+            )
+        if not is_dir:
+            raise ConfigError(f"flows directory {d} is not a directory")
+
     def _close_api_socket(self) -> None:
         if self._api_sock is not None:
             with contextlib.suppress(ValueError, OSError):
@@ -362,6 +381,7 @@ class Daemon:
 
         # first what makes a second daemon leave without touching anything: the data
         # directory's lock and the API's port
+        self._check_flows_dir()
         self._lock_data_dir()
         self._api_token()
         if self.settings.api.enabled:
@@ -378,12 +398,6 @@ class Daemon:
         await self.drivers.start_configured()
         await self.manager.start_stored()
         if self.flows_dir is not None:
-            try:
-                self.flows_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise ConfigError(
-                    f"flows directory {self.flows_dir}: cannot create: {err.strerror or err}"
-                ) from err
             self.watcher = FlowDirWatcher(
                 self.manager, self.flows_dir, self.settings.flows.poll_interval
             )
@@ -544,6 +558,9 @@ class Daemon:
         self._close_api_socket()
         await self.maintenance.stop()
         await self.contexts.stop()  # retiring nodes save their state through the engine hook
+        # a stop, not a removal: the sources' unsubscribes stay local, so a persistent MQTT
+        # session keeps its subscriptions and queued messages until the next start
+        self.drivers.stopping()
         await self.engine.stop()
         await self.drivers.close()
         await self.db.close()

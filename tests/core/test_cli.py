@@ -213,7 +213,7 @@ def test_version() -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (("--flows", "/proc/no/such/dir"), "flows directory /proc/no/such/dir: cannot create"),
+        (("--flows", "/proc/no/such/dir"), "flows directory /proc/no/such/dir does not exist"),
         (("--data-dir", "/proc/no/such/dir"), "cannot create the data directory"),
     ],
 )

@@ -349,7 +349,7 @@ def test_the_daemon_survives_a_hostile_flows_dir(daemon: DaemonProc) -> None:
     assert fs is not None and fs["rev"] == 1  # the last good revision runs on
     # the CLI shows it too, and SIGHUP (retrying every failed file) changes nothing
     daemon.signal(signal.SIGHUP)
-    proc = daemon.cli("status")
+    proc = daemon.cli("status", "--json")
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)["flow_file_errors"]) == 9
     # fixed: deployed, and the duplicate is still refused
