@@ -196,8 +196,8 @@ def loader_main(spec_path: str) -> None:
     print(json.dumps(uvloop.run(run())), flush=True)
 
 
-def run_loaders(tmp: Path, specs: list[dict[str, Any]]) -> float:
-    """Start loaders, wait until all are ready, go, and return items per second overall."""
+def run_loaders(tmp: Path, specs: list[dict[str, Any]]) -> tuple[float, int]:
+    """Start loaders, wait until all are ready, go: (items per second overall, items)."""
     procs = []
     for i, spec in enumerate(specs):
         path = tmp / f"loader{i}.json"
@@ -222,7 +222,7 @@ def run_loaders(tmp: Path, specs: list[dict[str, Any]]) -> float:
         results.append(json.loads(out.strip().splitlines()[-1]))
     total = sum(r["messages"] for r in results)
     span = max(r["t1"] for r in results) - min(r["t0"] for r in results)
-    return total / span
+    return total / span, total
 
 
 def register(hub: Hub, prefix: str, n: int, tags: list[str] | None = None) -> list[tuple[str, str]]:
@@ -253,7 +253,10 @@ def measure_hubs(
             specs.append(
                 {"kind": "ingest", "devices": mine, "per_device": per, "batch": args.batch}
             )
-        ingest = run_loaders(tmp, specs)
+        c0 = sum(cpu_seconds(h.proc.pid) for h in hubs)
+        ingest, total = run_loaders(tmp, specs)
+        ingest_cpu = sum(cpu_seconds(h.proc.pid) for h in hubs) - c0
+        ingest_us = ingest_cpu / total * 1e6
         hb_devs = register(hubs[0], f"h{tag}-", args.hb_devices)
         specs = []
         for li in range(loaders):
@@ -261,8 +264,10 @@ def measure_hubs(
                 (d, t, hubs[i % nhubs].url) for i, (d, t) in enumerate(hb_devs) if i % loaders == li
             ]
             specs.append({"kind": "heartbeat", "devices": mine, "seconds": args.hb_seconds})
-        beats = run_loaders(tmp, specs)
-        return {"ingest": ingest, "heartbeats": beats}
+        c0 = sum(cpu_seconds(h.proc.pid) for h in hubs)
+        beats, total = run_loaders(tmp, specs)
+        hb_us = (sum(cpu_seconds(h.proc.pid) for h in hubs) - c0) / total * 1e6
+        return {"ingest": ingest, "heartbeats": beats, "ingest_us": ingest_us, "hb_us": hb_us}
     finally:
         for h in hubs:
             h.stop()
@@ -469,17 +474,25 @@ def main() -> None:
     if args.drivers:
         print(json.dumps(drivers()))
         return
-    result: dict[str, Any] = {"messages": args.messages, "batch": args.batch}
+    result: dict[str, Any] = {
+        "messages": args.messages,
+        "batch": args.batch,
+        "load_avg_1m_at_start": os.getloadavg()[0],
+    }
     with tempfile.TemporaryDirectory(prefix="hub-bench-") as t:
         tmp = Path(t)
         s = measure_hubs(tmp / "sqlite", str(tmp / "sqlite" / "hub.db"), 1, args)
         result["sqlite_ingest_msgs_per_s"] = round(s["ingest"])
         result["sqlite_heartbeats_per_s"] = round(s["heartbeats"])
+        result["sqlite_hub_cpu_us_per_msg"] = round(s["ingest_us"], 2)
+        result["sqlite_hub_cpu_us_per_heartbeat"] = round(s["hb_us"])
         for nh in (1, 2):
             with pg_database() as dsn:
                 r = measure_hubs(tmp / f"pg{nh}", dsn, nh, args)
             result[f"pg_{nh}hub_ingest_msgs_per_s"] = round(r["ingest"])
             result[f"pg_{nh}hub_heartbeats_per_s"] = round(r["heartbeats"])
+            result[f"pg_{nh}hub_cpu_us_per_msg"] = round(r["ingest_us"], 2)
+            result[f"pg_{nh}hub_cpu_us_per_heartbeat"] = round(r["hb_us"])
         result["pg_2hub_heartbeats_per_s_per_process"] = round(
             result["pg_2hub_heartbeats_per_s"] / 2
         )

@@ -107,6 +107,7 @@ _DIALECT = {
 #: events kept per device (older ones are pruned when new ones arrive)
 EVENTS_KEPT = 200
 TELEMETRY_COLUMNS = ("device_id", "seq", "ts", "topic", "payload", "flags")
+_SEEN = "UPDATE devices SET last_seen = ?, status = ?, applied_seq = ? WHERE id = ?"
 
 
 class HubDbError(MechawayError):
@@ -171,6 +172,10 @@ class Backend:
 
     async def write1(self, sql: str, *args: Any) -> None:
         """One write statement, committed on its own (not durable: heartbeats)."""
+        raise NotImplementedError
+
+    async def seen(self, rows: list[tuple[str, float, str, int]]) -> None:
+        """Heartbeats of many devices (id, last_seen, status, applied_seq), one write."""
         raise NotImplementedError
 
 
@@ -249,6 +254,20 @@ class SqliteBackend(Backend):
         def op(c: sqlite3.Connection) -> None:
             c.execute("PRAGMA synchronous=NORMAL")
             c.execute(sql, args)
+
+        async with self._lock:
+            await self.run(op)
+
+    async def seen(self, rows: list[tuple[str, float, str, int]]) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            c.execute("PRAGMA synchronous=NORMAL")
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.executemany(_SEEN, [(t, st, seq, dev) for dev, t, st, seq in rows])
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
 
         async with self._lock:
             await self.run(op)
@@ -355,6 +374,18 @@ class PgBackend(Backend):
     async def write1(self, sql: str, *args: Any) -> None:
         await self.pool.execute(_pg_sql(sql), *args)
 
+    async def seen(self, rows: list[tuple[str, float, str, int]]) -> None:
+        ids, ts, st, seq = (list(col) for col in zip(*rows, strict=True))
+        await self.pool.execute(
+            "UPDATE devices AS d SET last_seen = v.ts, status = v.st, applied_seq = v.seq"
+            " FROM unnest($1::text[], $2::float8[], $3::text[], $4::int8[]) AS v(id, ts, st, seq)"
+            " WHERE d.id = v.id",
+            ids,
+            ts,
+            st,
+            seq,
+        )
+
     @contextlib.asynccontextmanager
     async def tx(self, *, durable: bool = True) -> AsyncIterator[_Tx]:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -423,6 +454,7 @@ class HubDb:
         self.b = backend
         self.sign = sign
         self.ingested = 0
+        self._seen = _Coalesced(backend.seen)
 
     async def open(self) -> None:
         await self.b.open()
@@ -535,13 +567,12 @@ class HubDb:
     # -- heartbeats and bundles ----------------------------------------------------------
     async def heartbeat(self, device: str, hb: Heartbeat, raw_status: bytes) -> None:
         now = time.time()
-        update = "UPDATE devices SET last_seen = ?, status = ?, applied_seq = ? WHERE id = ?"
         args = (now, raw_status.decode(), hb.bundle_seq, device)
-        if not hb.reports:  # the usual heartbeat: one statement, no transaction
-            await self.b.write1(update, *args)
+        if not hb.reports:  # the usual heartbeat: written with the others of this tick
+            await self._seen.add((device, now, args[1], hb.bundle_seq))
             return
         async with self.b.tx(durable=False) as tx:
-            await tx.execute(update, *args)
+            await tx.execute(_SEEN, *args)
             if hb.reports:
                 await tx.executemany(
                     "INSERT INTO events(device_id, ts, kind, detail) VALUES (?, ?, ?, ?)",
@@ -750,6 +781,50 @@ class HubDb:
         return orjson.dumps(
             [{"seq": r[0], "ts": r[1], "topic": r[2], "payload": frag(bytes(r[3]))} for r in rows]
         )
+
+
+class _Coalesced:
+    """Heartbeat writes that arrive while one is in flight go out together as the next
+    one (one statement for many devices; a device's latest heartbeat wins). A caller
+    writes at most the batch it is in: its latency stays one or two writes under load."""
+
+    def __init__(self, write: Callable[[list[tuple[str, float, str, int]]], Any]) -> None:
+        self._write = write
+        self._pending: dict[str, tuple[str, float, str, int]] = {}
+        self._next: asyncio.Future[None] | None = None
+        self._inflight: asyncio.Future[None] | None = None
+        self.writes = 0
+
+    async def add(self, row: tuple[str, float, str, int]) -> None:
+        self._pending[row[0]] = row
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        mine = self._next
+        while not mine.done():
+            if self._inflight is None:
+                await self._flush()
+            else:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._inflight)
+        mine.result()
+
+    async def _flush(self) -> None:
+        rows, self._pending = list(self._pending.values()), {}
+        fut, self._next = self._next, None
+        assert fut is not None
+        self._inflight = fut
+        try:
+            await self._write(rows)
+            self.writes += 1
+        except BaseException as err:
+            fut.set_exception(err if isinstance(err, Exception) else HubDbError("cancelled"))
+            fut.exception()  # retrieved here; every waiter sees it through ``result``
+            if not isinstance(err, Exception):
+                raise
+        else:
+            fut.set_result(None)
+        finally:
+            self._inflight = None
 
 
 def _device_view(r: Sequence[Any]) -> dict[str, Any]:

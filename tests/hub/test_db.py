@@ -144,3 +144,24 @@ async def test_bundles_tags_devices_and_reported_seq(database: str, tmp_path: Pa
         assert view is not None and view["applied_seq"] == 41 and view["state"] == "running"
     finally:
         await db.close()
+
+
+@pytest.mark.asyncio
+async def test_heartbeats_of_many_devices_share_writes(database: str) -> None:
+    db = await open_db(database)
+    try:
+        for i in range(40):
+            await db.add_device(f"d{i}", [], token_hash("t"))
+        await asyncio.gather(
+            *(
+                db.heartbeat(f"d{i}", Heartbeat(bundle_seq=i), b'{"state": "s%d"}' % i)
+                for i in range(40)
+                for _ in range(3)
+            )
+        )
+        assert db._seen.writes < 40
+        for i in (0, 17, 39):
+            view = await db.device(f"d{i}")
+            assert view is not None and view["applied_seq"] == i and view["state"] == f"s{i}"
+    finally:
+        await db.close()
