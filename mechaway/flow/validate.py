@@ -171,7 +171,7 @@ def validate(raw: Any, *, source: str = "") -> ValidFlow:
         issues.append(Issue("edges", "cycle: " + " -> ".join([*cycle, cycle[0]])))
     checked = {**nodes, **off}
     all_valid = bool(checked) and len(checked) == len(doc.nodes)
-    if all_valid and not any(n.cls.kind == "source" for n in checked.values()):
+    if all_valid and not any(n.cls.self_starting(n.params) for n in checked.values()):
         issues.append(Issue("nodes", "the flow has no source node (nothing would ever run)"))
     if not doc.nodes:
         issues.append(Issue("nodes", "the flow has no nodes"))

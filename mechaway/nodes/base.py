@@ -192,6 +192,12 @@ class Node(Generic[P]):
         return []
 
     @classmethod
+    def self_starting(cls, params: P) -> bool:
+        """True when, with these params, the node produces messages on its own (a source,
+        or a poller with an interval): a flow needs at least one such node."""
+        return cls.kind == "source"
+
+    @classmethod
     def claims(cls, params: P) -> tuple[str, ...]:
         """Hardware this node holds alone while it runs (``"GPIO pin 17"``): two running
         nodes of one flow claiming the same is a validation error naming both."""

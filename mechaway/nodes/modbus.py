@@ -183,6 +183,11 @@ class ModbusReadNode(_ModbusNode, SinkNode[ModbusReadParams]):
         self.overruns = 0
         self.splits = 0
 
+    @classmethod
+    def self_starting(cls, params: ModbusReadParams) -> bool:
+        """With an interval it polls on its own: it may be a flow's only source."""
+        return params.interval is not None
+
     async def start(self) -> None:
         await self._connect()
         if self.params.interval is not None:

@@ -370,3 +370,22 @@ def test_the_daemon_polls_and_writes_through_a_modbus_section(tmp_path: Path) ->
             assert len(writes) >= 3 and {q.address for q in writes} == {7}
         finally:
             assert daemon.terminate() == 0
+
+
+def test_an_interval_read_is_a_flows_only_source_and_a_per_message_one_is_not() -> None:
+    from mechaway.errors import FlowError
+    from mechaway.flow.validate import validate
+
+    doc = {
+        "id": "m",
+        "nodes": [
+            {"id": "meter", "type": "ModbusReadNode",
+             "params": {"connection": "meter", "interval": 5, "profile": "eastron-sdm630"}},
+            {"id": "l", "type": "LogNode"},
+        ],
+        "edges": [{"from": "meter", "to": "l"}],
+    }  # fmt: skip
+    assert validate(doc).doc.id == "m"
+    del doc["nodes"][0]["params"]["interval"]  # type: ignore[index]
+    with pytest.raises(FlowError, match="no source node"):
+        validate(doc)
