@@ -200,8 +200,16 @@ class MQTTOutParams(NodeParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if "+" in _TEMPLATE_RE.sub("", self.topic) or "#" in _TEMPLATE_RE.sub("", self.topic):
+        literal = _TEMPLATE_RE.sub("", self.topic)
+        if "+" in literal or "#" in literal:
             raise ValueError("a publish topic cannot contain + or #")
+        if "{" in literal or "}" in literal:  # alarms/{payload.room: a typo, not a topic
+            raise ValueError(
+                "unbalanced { or } in the topic template (a field is {name} or {a.b})"
+            )
+        for m in _TEMPLATE_RE.finditer(self.topic):
+            if not m.group(1).strip():
+                raise ValueError("an empty {} in the topic template names no field")
 
 
 @register_node("MQTTOutNode")
