@@ -362,6 +362,13 @@ class FlowDirWatcher:
             if state.flow_id:
                 await self._release(state.flow_id, f"{display_path(path)} removed")
 
+    def _kept(self, flow_id: str | None) -> str:
+        """What runs instead of a rejected file: said as it is (at a first start, nothing)."""
+        rf = self.manager.engine.flows.get(flow_id) if flow_id else None
+        if rf is None:
+            return "nothing of it runs" if flow_id is None else f"flow {flow_id} does not run"
+        return f"flow {flow_id} rev {rf.rev} keeps running"
+
     def _reject(self, path: Path, message: str) -> None:
         """``path`` cannot be used now: report it, keep what it runs."""
         prev = self.files.get(path)
@@ -369,7 +376,7 @@ class FlowDirWatcher:
         state.declared = prev.declared if prev else None
         state.error = f"{display_path(path)}: {message}"
         self.files[path] = state
-        log.error("flow file rejected, running revision kept: %s", state.error)
+        log.error("flow file rejected, %s: %s", self._kept(state.flow_id), state.error)
 
     def _runs(self, flow_id: str, other_than: Path | None = None) -> Path | None:
         """The present file (not ``other_than``) whose flow ``flow_id`` is."""
@@ -432,7 +439,8 @@ class FlowDirWatcher:
         except FlowError as err:
             state.error = err.render()
             self.files[path] = state
-            log.error("flow file rejected, running revision kept:\n%s", state.error)
+            kept = self._kept(state.flow_id or state.declared)
+            log.error("flow file rejected, %s:\n%s", kept, state.error)
             await self._adopt_or_retire(path, state, prev)
             return
         except Exception as err:

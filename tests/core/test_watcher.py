@@ -141,3 +141,19 @@ async def test_a_missing_directory_is_not_fatal(tmp_path: Path, watcher: FlowDir
     w = FlowDirWatcher(watcher.manager, tmp_path / "nope")
     await w.scan()
     assert w.errors() == {}
+
+
+async def test_a_rejected_file_says_what_runs_instead(
+    watcher: FlowDirWatcher, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = watcher.directory
+    put(d / "a.json", {**flow("a"), "nodes": "none"})
+    await watcher.start()  # first start: nothing of it runs, and the log says so
+    assert "flow file rejected, flow a does not run" in caplog.text
+    assert "keeps running" not in caplog.text
+    put(d / "a.json", flow("a"))
+    await watcher.scan()
+    caplog.clear()
+    put(d / "a.json", {**flow("a"), "edges": 5})
+    await watcher.scan()
+    assert "flow file rejected, flow a rev 1 keeps running" in caplog.text
