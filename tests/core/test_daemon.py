@@ -375,3 +375,15 @@ def test_a_second_daemon_on_a_busy_data_dir_leaves_at_once_touching_nothing(
         assert first.alive()
     finally:
         first.kill()
+
+
+def test_health_uptime_counts_from_the_start_not_the_first_request(tmp_path: Path) -> None:
+    d = DaemonProc(tmp_path / "d")  # the API is lazy: aiohttp loads at the first request
+    d.start(wait=False)
+    try:
+        d.wait(lambda: " ready: " in d.logfile.read_text(), 20, "the daemon to be ready")
+        time.sleep(1.5)
+        code, body = d.api("GET", "/health", token=None)
+        assert code == 200 and body["uptime_s"] >= 1.5
+    finally:
+        d.kill()
