@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import logging
 import os
 import ssl
 import time
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future as ThreadFuture
@@ -54,6 +54,14 @@ _MAX_PENDING_HANDLERS = 10_000
 _ROUTE_CACHE_MAX = 4096
 #: QoS>0 messages a broker may send us unacknowledged (MQTT 5's default receive maximum)
 _RECEIVE_MAX = 65_535
+#: a persistent session's QoS>0 messages that no subscription takes yet, in its first
+#: seconds, wait this long for one unacknowledged: after a restart the broker sends what
+#: it kept before the flows have subscribed again
+_SETTLE_S = 5.0
+#: at most this many wait so; more are acknowledged as unrouted
+_MAX_PARKED = 10_000
+#: MQTT 5 subscription identifiers are 1..268435455 (a variable byte integer)
+_MAX_SUB_ID = 268_435_455
 
 
 @dataclass(eq=False, slots=True)
@@ -118,6 +126,8 @@ _COUNTERS = (
     "qos0_dropped_backpressure",  # QoS 0 while the socket buffer is over its cap
     "rx_dropped_overload",  # QoS 0 in while _MAX_PENDING_HANDLERS async handlers were pending
     "unrouted",  # messages that matched no subscription (e.g. just unsubscribed)
+    "parked",  # QoS>0 a persistent session brought before a subscription took it (see _SETTLE_S)
+    "held_at_stop",  # QoS>0 not acknowledged as the daemon stopped: the broker resends them
     "handler_errors",  # handlers that raised
     "subscribe_refused",  # SUBACK failure codes
     "connect_failures",  # attempts that did not end connected
@@ -183,6 +193,12 @@ class MqttConnection(Driver[MqttSettings]):
         #: warnings logged once per burst (reset when the connection is stable again)
         self._once = OncePerKey(log)
         self._closing = False
+        #: the daemon is stopping: the broker keeps this session's subscriptions and what
+        #: it holds for them (no UNSUBSCRIBE, no ack for what no flow takes any more)
+        self._stopping = False
+        #: (session, message, its ack entry) waiting for a subscription (``_park``)
+        self._parked: list[tuple[_GmqttSession, Incoming, list[Any]]] = []
+        self._park_timer: asyncio.TimerHandle | None = None
         self._sup: Supervisor[_GmqttSession] | None = None
         self._ssl: ssl.SSLContext | None = None
         self._closer: asyncio.Task[None] | None = None
@@ -195,7 +211,6 @@ class MqttConnection(Driver[MqttSettings]):
         # identifier; routing by identifier delivers each copy to its own handlers only.
         self._filter_ids: dict[str, int] = {}
         self._id_handlers: dict[int, tuple[Handler, ...]] = {}
-        self._next_sub_id = itertools.count(1)
         self._suback_waiters: dict[int, asyncio.Future[None]] = {}
         # QoS>=1 publishing: in send order, by packet id; retry = resends after a loss
         self._inflight: deque[_Out] = deque()
@@ -284,6 +299,10 @@ class MqttConnection(Driver[MqttSettings]):
                 on_disk.add_done_callback(functools.partial(_settle_after, waiting))
         self._retry.clear()
         self._connected.clear()
+        self._parked.clear()
+        if self._park_timer is not None:
+            self._park_timer.cancel()
+            self._park_timer = None
         for fut in self._suback_waiters.values():
             fut.cancel()
         self._suback_waiters.clear()
@@ -326,12 +345,31 @@ class MqttConnection(Driver[MqttSettings]):
         old_qos = max((s.qos for s in existing), default=-1) if existing else -1
         self._subs.setdefault(topic_filter, []).append(sub)
         if topic_filter not in self._filter_ids:
-            self._filter_ids[topic_filter] = next(self._next_sub_id)
+            self._filter_ids[topic_filter] = self._sub_id_for(topic_filter)
         self._routes_changed()
         session = self._session
         if session is not None and qos > old_qos:
             self._send_subscribe(session, topic_filter, qos)
+        if self._parked:
+            self._unpark()
         return sub
+
+    def _sub_id_for(self, topic_filter: str) -> int:
+        """The filter's MQTT 5 subscription identifier: the same in every run of the
+        daemon, so what a persistent session kept, tagged with the identifier of the
+        run before, reaches the same filter's handlers after a restart."""
+        sub_id = zlib.crc32(topic_filter.encode()) % _MAX_SUB_ID + 1
+        used = set(self._filter_ids.values())
+        while sub_id in used:  # two filters with one hash: the next free one
+            sub_id = sub_id % _MAX_SUB_ID + 1
+        return sub_id
+
+    def stopping(self) -> None:
+        """The daemon is stopping (told before its flows stop): a persistent session
+        keeps its subscriptions (the sources' unsubscribes stay local) and what the
+        broker holds for them (QoS>0 messages no flow takes any more are not
+        acknowledged: the broker delivers them again on the next start)."""
+        self._stopping = True
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Stop delivering to ``sub``; the broker subscription goes with its last handler."""
@@ -343,7 +381,7 @@ class MqttConnection(Driver[MqttSettings]):
             del self._subs[sub.topic_filter]
             del self._filter_ids[sub.topic_filter]
         self._routes_changed()
-        if not subs:
+        if not subs and not self._stopping:
             session = self._session
             if session is not None:
                 try:
@@ -430,6 +468,12 @@ class MqttConnection(Driver[MqttSettings]):
             if bad_topic(topic):
                 session.protocol_error(f"PUBLISH to a topic with a wildcard or NUL: {topic!r}")
                 return
+            if entry is not None and (self._stopping or not self.settings.clean_session):
+                if self._stopping:  # no ack: the persistent session keeps it
+                    counters["held_at_stop"] += 1
+                    return
+                if self._park(session, msg, entry):
+                    return
             counters["unrouted"] += 1
             self._ack(session, entry)
             return
@@ -461,6 +505,66 @@ class MqttConnection(Driver[MqttSettings]):
         )
         self._handler_tasks.add(task)
         task.add_done_callback(self._handler_tasks.discard)
+
+    def _park(self, session: _GmqttSession, msg: Incoming, entry: list[Any]) -> bool:
+        """A persistent session's QoS>0 message no subscription takes, in the session's
+        first ``_SETTLE_S`` seconds (from CONNACK: what the broker kept comes in the same
+        read, before the session is even handed to the connection): it waits,
+        unacknowledged (its ack holds the later ones back, in order), for a subscription
+        to take it (``_unpark``)."""
+        if time.monotonic() - session.accepted_at > _SETTLE_S or len(self._parked) >= _MAX_PARKED:
+            return False
+        self._counters["parked"] += 1
+        self._parked.append((session, msg, entry))
+        session.pending_acks.append(entry)
+        if self._park_timer is None:
+            loop = asyncio.get_running_loop()
+            self._park_timer = loop.call_later(_SETTLE_S, self._unpark, True)
+        return True
+
+    def _unpark(self, expired: bool = False) -> None:
+        """Hand the parked messages a subscription now takes to its handlers; once the
+        wait is over (``expired``) acknowledge the rest as unrouted."""
+        if expired:
+            self._park_timer = None
+        waiting: list[tuple[_GmqttSession, Incoming, list[Any]]] = []
+        sessions = set()
+        for session, msg, entry in self._parked:
+            if session.lost.is_set():  # never acknowledged: the broker sends it again
+                continue
+            sessions.add(session)
+            handlers = self._route(msg.topic)
+            if not handlers:
+                if not expired:
+                    waiting.append((session, msg, entry))
+                    continue
+                self._counters["unrouted"] += 1
+                entry[2] = True
+                continue
+            self._counters["rx"] += 1
+            pending: list[Awaitable[None]] = []
+            for handler in handlers:
+                try:
+                    result = handler(msg)
+                except Exception as err:
+                    self._handler_failed(msg.topic, err)
+                    continue
+                if result is not None:
+                    pending.append(result)
+            if not pending:
+                entry[2] = True
+                continue
+            task = asyncio.create_task(
+                self._finish(session, entry, msg.topic, pending), name=f"{self._label}.handler"
+            )
+            self._handler_tasks.add(task)
+            task.add_done_callback(self._handler_tasks.discard)
+        self._parked = waiting
+        for session in sessions:
+            self._flush_acks(session)
+        if not waiting and self._park_timer is not None:
+            self._park_timer.cancel()
+            self._park_timer = None
 
     async def _finish(
         self,
@@ -746,6 +850,8 @@ class MqttConnection(Driver[MqttSettings]):
         self._session = None
         self._connected.clear()
         self._requeue_unacked()
+        if self._parked:  # never acknowledged: the broker delivers them again
+            self._parked = [p for p in self._parked if p[0] is not session]
         for fut in self._suback_waiters.values():
             fut.cancel()
         self._suback_waiters.clear()

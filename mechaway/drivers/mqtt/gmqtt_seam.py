@@ -441,6 +441,7 @@ class _GmqttSession:
         client.on_silent = self._on_silent
         #: the broker's CONNACK accepted the connection: from then on messages are taken
         self.accepted = False
+        self.accepted_at = 0.0  # when (monotonic): messages may come before connect() returns
         self.violation: str | None = None  # how the broker broke MQTT, if it did
         self.fault: str | None = None  # the counter of the broker fault that ended it
         self._sub_mids: set[int] = set()  # SUBSCRIBEs awaiting their SUBACK
@@ -525,6 +526,7 @@ class _GmqttSession:
         self._gm[0x20](cmd, packet)
         if packet[1] == 0 and not handler.has_error:
             self.accepted = True
+            self.accepted_at = time.monotonic()
             self._arm()
             if self._proto is not None:
                 self._proto.deliver = self._client.deliver

@@ -613,7 +613,7 @@ async def test_incoming_fast_path_split_reads_and_fallbacks(
         sid = conn._filter_ids["in/#"]
         wire = tap(conn, forward=False)  # acks for ids the broker never sent stay here
         proto = conn._session._proto  # type: ignore[union-attr]
-        sub_id = bytes([0x0B, sid])
+        sub_id = b"\x0b" + varint(sid)  # identifiers are stable hashes: often > 127
         props = sub_id if v5 else None
         big = bytes(range(256)) * 80  # 20480 bytes: a 3-byte remaining length
         stream = [
@@ -763,3 +763,73 @@ async def test_a_broker_disconnect_reason_code_is_reported() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_a_stop_keeps_the_session_and_a_start_parks_what_it_brings(
+    broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12, point 0, at the driver: after ``stopping()`` an unsubscribe stays local
+    (the persistent session keeps its subscription) and a QoS 1 message no handler takes
+    is not acknowledged; the next run, started before any subscription (a daemon's
+    configured connection comes up before its flows), parks what the session brings
+    until a subscription takes it, and acknowledges as unrouted what none takes within
+    ``_SETTLE_S``."""
+    from mechaway.drivers.mqtt import connection
+
+    monkeypatch.setattr(connection, "_SETTLE_S", 1.0)
+    settings = fast(broker, clean_session=False, client_id="park-1", birth=False)
+    got = Collect()
+    async with MqttConnection("pub", fast(broker, birth=False), device_id="p") as pub:
+        await pub.wait_connected(5)
+        first = MqttConnection("sub", settings, device_id="s")
+        await first.start()
+        await first.wait_connected(5)
+        sub_a = first.subscribe("park/a/#", 1, got)
+        first.subscribe("park/b/#", 1, got)
+        await first.wait_subscribed()
+        first.stopping()
+        first.unsubscribe(sub_a)  # a source stopping with the daemon
+        pub.publish("park/a/1", b"while stopping", qos=1)
+        await until(lambda: first.status()["counters"]["held_at_stop"] == 1)
+        await first.close()
+        for i in range(3):
+            pub.publish("park/a/1", b"down %d" % i, qos=1)
+        pub.publish("park/b/1", b"no one", qos=1)
+        await asyncio.sleep(0.2)
+
+        second = MqttConnection("sub", settings, device_id="s")
+        await second.start()
+        try:
+            await until(lambda: second.status()["counters"]["parked"] == 5, what="5 parked")
+            assert got.got == [] and second.status()["counters"]["unrouted"] == 0
+            second.subscribe("park/a/#", 1, got)  # the flow's source, a moment later
+            assert got.payloads == [b"while stopping", b"down 0", b"down 1", b"down 2"]
+            await until(lambda: second.status()["counters"]["unrouted"] == 1, 5, "expiry")
+        finally:
+            await second.close()
+        third = MqttConnection("sub", settings, device_id="s")
+        await third.start()
+        try:
+            third.subscribe("park/a/#", 1, got)
+            third.subscribe("park/b/#", 1, got)
+            await third.wait_connected(5)
+            await third.wait_subscribed()
+            await asyncio.sleep(0.3)
+            # all acknowledged the run before: nothing comes again
+            assert got.payloads == [b"while stopping", b"down 0", b"down 1", b"down 2"]
+        finally:
+            await third.close()
+
+
+def test_subscription_identifiers_are_the_same_in_every_run() -> None:
+    """What a persistent session kept is tagged with the identifier of the run that
+    subscribed: the next run gives each filter the same one, whatever the order."""
+    one = MqttConnection("a", MqttSettings(), device_id="d")
+    two = MqttConnection("a", MqttSettings(), device_id="d")
+    for flt in ("x/#", "y/+", "z"):
+        one.subscribe(flt, 1, Collect())
+    for flt in ("z", "x/#", "y/+"):
+        two.subscribe(flt, 1, Collect())
+    assert one._filter_ids == two._filter_ids
+    assert all(1 <= i <= 268_435_455 for i in one._filter_ids.values())
