@@ -28,3 +28,19 @@ def test_example_config_loads() -> None:
     settings = load_settings(CONFIGS / "mechaway.toml", env={})
     assert settings.api.listen == "127.0.0.1:7700"
     assert settings.flows.dir == "/etc/mechaway/flows"
+
+
+def test_the_readmes_json_blocks_that_are_flows_validate() -> None:
+    """The README's example flow is what a newcomer copies first: it must run as written."""
+    import json
+    import re
+
+    readme = (CONFIGS.parent / "README.md").read_text()
+    blocks = re.findall(r"```json\n(.*?)```", readme, flags=re.S)
+    flows = [json.loads(b) for b in blocks]
+    flows = [f for f in flows if isinstance(f, dict) and "nodes" in f]
+    assert flows, "the README shows no flow"
+    shipped = {read_file(p).get("id") for p in FLOWS}
+    for doc in flows:
+        assert validate(doc, source="README.md").doc.nodes
+        assert doc["id"] not in shipped, f"README flow id {doc['id']!r} collides with configs/"
