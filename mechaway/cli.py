@@ -189,12 +189,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     bad = 0
     for name in args.files:
         try:
-            validate(_read_flow(name), source=name)
+            valid = validate(_read_flow(name), source=name)
         except FlowError as err:
             print(err.render(), file=sys.stderr)
             bad += 1
         else:
-            print(f"{name}: ok")
+            for warning in valid.warnings:
+                print(f"{name}: warning: {warning}", file=sys.stderr)
+            said = f" ({len(valid.warnings)} warning(s))" if valid.warnings else ""
+            print(f"{name}: ok{said}")
     return 1 if bad else 0
 
 

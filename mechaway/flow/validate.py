@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -40,6 +40,8 @@ class ValidFlow:
     nodes: dict[str, ValidNode]
     #: (from, port) -> list of target node ids, in document order, between running nodes
     routes: dict[tuple[str, str], list[str]]
+    #: what may be wrong but need not be (a template that may feed the flow itself)
+    warnings: list[Issue] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -175,6 +177,7 @@ def validate(raw: Any, *, source: str = "") -> ValidFlow:
         issues.append(Issue("nodes", "the flow has no source node (nothing would ever run)"))
     if not doc.nodes:
         issues.append(Issue("nodes", "the flow has no nodes"))
+    warnings = _flow_checks(doc, nodes, issues)
     if issues:
         raise FlowError(issues, source)
     # what runs: every edge between enabled nodes (a disabled node's edges pass nothing)
@@ -184,7 +187,27 @@ def validate(raw: Any, *, source: str = "") -> ValidFlow:
             live = [d for d in dsts if d in nodes]
             if live:
                 routes[(src_id, port)] = live
-    return ValidFlow(doc, nodes, routes)
+    return ValidFlow(doc, nodes, routes, warnings)
+
+
+def _flow_checks(doc: FlowDoc, nodes: dict[str, ValidNode], issues: list[Issue]) -> list[Issue]:
+    """Checks across the running nodes: a node type's optional classmethod
+    ``check_flow(nodes) -> [(level, node id, text)]`` (MQTT: a flow that feeds itself).
+    Errors join ``issues``; the warnings are returned."""
+    index = {spec.id: i for i, spec in enumerate(doc.nodes)}
+    warnings: list[Issue] = []
+    for cls in sorted({n.cls for n in nodes.values()}, key=lambda c: c.__name__):
+        check_flow = getattr(cls, "check_flow", None)
+        if check_flow is None:
+            continue
+        try:
+            found = check_flow(nodes)
+        except Exception as err:  # a type's own check must not take validation down
+            found = [("error", "", f"{cls.__name__}.check_flow failed: {err}")]
+        for level, nid, text in found:
+            where = f"nodes[{index[nid]}] ({nid}).params" if nid in index else "nodes"
+            (issues if level == "error" else warnings).append(Issue(where, text))
+    return warnings
 
 
 def _claim_issues(doc: FlowDoc, nodes: dict[str, ValidNode]) -> list[Issue]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
 from msgspec import Meta
@@ -230,6 +230,41 @@ class MQTTOutNode(Node[MQTTOutParams]):
 
     Params = MQTTOutParams
     ports: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def check_flow(cls, nodes: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+        """A flow that feeds itself: a publish the same flow's MQTTInNode receives on the
+        same connection. ``(level, node id, text)``: an error for a fixed topic that its
+        filter matches, a warning for a template that can render such a topic (at run
+        time the connection cuts such a loop and reports it)."""
+        from mechaway.drivers.mqtt import template_may_match, topic_matches
+
+        ins = [(n.id, n.params) for n in nodes.values() if issubclass(n.cls, MQTTInNode)]
+        found: list[tuple[str, str, str]] = []
+        for node in nodes.values():
+            if not issubclass(node.cls, cls):
+                continue
+            out = node.params
+            fixed = not _TEMPLATE_RE.search(out.topic)
+            pieces = _TEMPLATE_RE.split(out.topic)  # text, field, text, ...
+            parts = [p if i % 2 == 0 else None for i, p in enumerate(pieces)]
+            for in_id, src in ins:
+                if src.connection != out.connection:
+                    continue
+                where = (
+                    f"the flow's own MQTTInNode {in_id!r} ({src.topic}) receives on"
+                    f" [mqtt.{out.connection}]"
+                )
+                if fixed and topic_matches(src.topic, out.topic):
+                    text = f"publishes to {out.topic!r}, which {where}: the flow would feed itself"
+                    found.append(("error", node.id, text))
+                elif not fixed and template_may_match(parts, src.topic):
+                    text = (
+                        f"topic {out.topic!r} can render a topic {where}: the flow may feed"
+                        " itself (at run time such a loop is cut after 8 rounds and reported)"
+                    )
+                    found.append(("warning", node.id, text))
+        return found
 
     def __init__(self, node_id: str, params: MQTTOutParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)

@@ -60,6 +60,13 @@ _RECEIVE_MAX = 65_535
 _SETTLE_S = 5.0
 #: at most this many wait so; more are acknowledged as unrouted
 _MAX_PARKED = 10_000
+#: a publish made while handling a message, to a topic this connection's own
+#: subscriptions take, comes back as a message: a flow that feeds itself. Each message
+#: from outside may go round such a loop this many times; the next publish is dropped
+#: (counted, in ``problems``): one message became 59,302 in 3 s without it (issue 12)
+_MAX_HOPS = 8
+#: ``problems`` reports a loop for this long after its last dropped publish
+_LOOP_REPORT_S = 300.0
 #: MQTT 5 subscription identifiers are 1..268435455 (a variable byte integer)
 _MAX_SUB_ID = 268_435_455
 
@@ -128,6 +135,8 @@ _COUNTERS = (
     "unrouted",  # messages that matched no subscription (e.g. just unsubscribed)
     "parked",  # QoS>0 a persistent session brought before a subscription took it (see _SETTLE_S)
     "held_at_stop",  # QoS>0 not acknowledged as the daemon stopped: the broker resends them
+    "echoes",  # publishes made handling a message that come back through our subscriptions
+    "loop_dropped",  # ... dropped after _MAX_HOPS rounds: a flow that feeds itself
     "handler_errors",  # handlers that raised
     "subscribe_refused",  # SUBACK failure codes
     "connect_failures",  # attempts that did not end connected
@@ -199,6 +208,12 @@ class MqttConnection(Driver[MqttSettings]):
         #: (session, message, its ack entry) waiting for a subscription (``_park``)
         self._parked: list[tuple[_GmqttSession, Incoming, list[Any]]] = []
         self._park_timer: asyncio.TimerHandle | None = None
+        #: loops: the round of the message whose handlers run now (-1: none), and per
+        #: topic the rounds of our publishes still to come back (``_echo``)
+        self._rx_round = -1
+        self._echoes: dict[str, deque[int]] = {}
+        self._loop_at = 0.0  # when a loop's publish was last dropped (monotonic)
+        self._loop_topic = ""
         self._sup: Supervisor[_GmqttSession] | None = None
         self._ssl: ssl.SSLContext | None = None
         self._closer: asyncio.Task[None] | None = None
@@ -391,6 +406,7 @@ class MqttConnection(Driver[MqttSettings]):
 
     def _routes_changed(self) -> None:
         self._routes.clear()
+        self._echoes.clear()
         self._id_handlers = {
             self._filter_ids[flt]: tuple(sub.handler for sub in subs)
             for flt, subs in self._subs.items()
@@ -482,16 +498,20 @@ class MqttConnection(Driver[MqttSettings]):
             return
         counters["rx"] += 1
         pending: list[Awaitable[None]] | None = None
-        for handler in handlers:
-            try:
-                result = handler(msg)
-            except Exception as err:
-                self._handler_failed(topic, err)
-                continue
-            if result is not None:
-                if pending is None:
-                    pending = []
-                pending.append(result)
+        self._rx_round = self._came_back(topic) if self._echoes else 0
+        try:
+            for handler in handlers:
+                try:
+                    result = handler(msg)
+                except Exception as err:
+                    self._handler_failed(topic, err)
+                    continue
+                if result is not None:
+                    if pending is None:
+                        pending = []
+                    pending.append(result)
+        finally:
+            self._rx_round = -1
         if pending is None:
             if entry is not None:
                 self._ack(session, entry)
@@ -505,6 +525,47 @@ class MqttConnection(Driver[MqttSettings]):
         )
         self._handler_tasks.add(task)
         task.add_done_callback(self._handler_tasks.discard)
+
+    def _came_back(self, topic: str) -> int:
+        """The round of a message on ``topic`` if it is one of our own publishes coming
+        back (1 for a publish made handling a message from outside), else 0."""
+        rounds = self._echoes.get(topic)
+        if not rounds:
+            return 0
+        n = rounds.popleft()
+        if not rounds:
+            del self._echoes[topic]
+        return n
+
+    def _echo(self, topic: str) -> bool:
+        """A publish made while handlers run: if our own subscriptions take ``topic`` it
+        will come back as a message one round further; False: drop it, a flow that feeds
+        itself went round ``_MAX_HOPS`` times (counted, logged once per burst)."""
+        if not (self._routes.get(topic) or self._route(topic)):
+            return True
+        n = self._rx_round + 1
+        if n > _MAX_HOPS:
+            self._counters["loop_dropped"] += 1
+            self._loop_at = time.monotonic()
+            self._loop_topic = topic
+            self._once.warning(
+                "loop",
+                "%s: a flow feeds itself: publishes to %r come back through this "
+                "connection's own subscriptions; dropped after %d rounds (counted; logged "
+                "once per burst)",
+                self._label,
+                topic,
+                _MAX_HOPS,
+            )
+            return False
+        self._counters["echoes"] += 1
+        rounds = self._echoes.get(topic)
+        if rounds is None:
+            if len(self._echoes) >= _ROUTE_CACHE_MAX:
+                self._echoes.clear()
+            rounds = self._echoes[topic] = deque(maxlen=1024)
+        rounds.append(n)
+        return True
 
     def _park(self, session: _GmqttSession, msg: Incoming, entry: list[Any]) -> bool:
         """A persistent session's QoS>0 message no subscription takes, in the session's
@@ -691,6 +752,8 @@ class MqttConnection(Driver[MqttSettings]):
             if len(self._good_topics) >= _ROUTE_CACHE_MAX:
                 self._good_topics.clear()
             self._good_topics.add(topic)
+        if self._rx_round >= 0 and not self._echo(topic):
+            return None
         if len(payload) > self.settings.max_payload_bytes:
             self._counters["tx_oversize_dropped"] += 1
             self._warn_once(
@@ -850,6 +913,7 @@ class MqttConnection(Driver[MqttSettings]):
         self._session = None
         self._connected.clear()
         self._requeue_unacked()
+        self._echoes.clear()
         if self._parked:  # never acknowledged: the broker delivers them again
             self._parked = [p for p in self._parked if p[0] is not session]
         for fut in self._suback_waiters.values():
@@ -997,4 +1061,17 @@ class MqttConnection(Driver[MqttSettings]):
             "window": self._window,
             "retry_queue": len(self._retry),
             "spool": len(self._spool),
+            "problems": self._problems(),
         }
+
+    def _problems(self) -> list[str]:
+        """What this connection says of itself in the daemon's ``problems``."""
+        dropped = self._counters["loop_dropped"]
+        if not dropped or time.monotonic() - self._loop_at > _LOOP_REPORT_S:
+            return []
+        ago = int(time.monotonic() - self._loop_at)
+        return [
+            f"a flow feeds itself: {dropped} publishes dropped after {_MAX_HOPS} rounds "
+            f"through this connection's own subscriptions (last on {self._loop_topic!r}, "
+            f"{ago}s ago; `mechaway validate` names the flow)"
+        ]

@@ -833,3 +833,50 @@ def test_subscription_identifiers_are_the_same_in_every_run() -> None:
         two.subscribe(flt, 1, Collect())
     assert one._filter_ids == two._filter_ids
     assert all(1 <= i <= 268_435_455 for i in one._filter_ids.values())
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("qos", [0, 1])
+async def test_a_flow_that_feeds_itself_is_cut_after_max_hops_and_reported(
+    broker: MosquittoBroker, qos: int
+) -> None:
+    """Issue 12, point 2, at run time: a handler that publishes to a topic its own
+    subscription takes (MQTTOutNode's default ``{topic}``) made one message into tens of
+    thousands; now each message from outside goes round at most ``_MAX_HOPS`` times, the
+    next publish is dropped, counted and said in ``problems``. A chain that ends (one
+    subscription's handler publishing to another's topic, once) is not touched."""
+    from mechaway.drivers.mqtt.connection import _MAX_HOPS
+
+    async with (
+        MqttConnection("pub", fast(broker, birth=False), device_id="lp") as pub,
+        MqttConnection("me", fast(broker, birth=False), device_id="lm") as conn,
+    ):
+        await pub.wait_connected(5)
+        await conn.wait_connected(5)
+        seen: list[bytes] = []
+        chained: list[bytes] = []
+
+        def feed_self(msg: Incoming) -> None:
+            seen.append(msg.payload)
+            conn.publish(msg.topic, msg.payload, qos)  # MQTTOutNode with topic "{topic}"
+
+        def forward(msg: Incoming) -> None:
+            conn.publish("chain/b", msg.payload, qos)
+
+        conn.subscribe("loop/#", qos, feed_self)
+        conn.subscribe("chain/a", qos, forward)
+        conn.subscribe("chain/b", qos, lambda m: chained.append(m.payload))
+        await conn.wait_subscribed()
+        assert conn.status()["problems"] == []
+        pub.publish("chain/a", b"once", qos)
+        await until(lambda: chained == [b"once"])
+        pub.publish("loop/x", b"ping", qos)
+        await until(lambda: conn.status()["counters"]["loop_dropped"] == 1, what="the cut")
+        await asyncio.sleep(0.3)  # nothing more comes round
+        assert seen == [b"ping"] * (1 + _MAX_HOPS)
+        counters = conn.status()["counters"]
+        assert counters["echoes"] == _MAX_HOPS + 1  # 8 rounds + the chain's one
+        assert chained == [b"once"]
+        (line,) = conn.status()["problems"]
+        assert "a flow feeds itself: 1 publishes dropped after 8 rounds" in line
+        assert "'loop/x'" in line
