@@ -42,6 +42,7 @@ BUILTIN_MODULES = (
     "mechaway.nodes.gpio",
     "mechaway.nodes.i2c",
     "mechaway.nodes.serial",
+    "mechaway.nodes.postgres",
 )
 
 

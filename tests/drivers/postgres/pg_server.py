@@ -1,0 +1,104 @@
+"""The machine's PostgreSQL for tests: started if it is not running, a fresh database per
+test (created, then dropped with the connections still open to it).
+
+Expects a local server on 127.0.0.1:5432 that trusts the ``postgres`` user (Debian's
+package with trust auth, as ``.ci/run`` sets up). ``PG_ADMIN_DSN`` names another.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import asyncpg  # type: ignore[import-untyped]
+
+ADMIN_DSN = os.environ.get("PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def ready() -> bool:
+    if shutil.which("pg_isready") is None:
+        return False
+    return subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", "5432"],
+                          check=False).returncode == 0  # fmt: skip
+
+
+def ensure_server() -> None:
+    """Start the machine's cluster when none answers (as .ci/run does); fail clearly."""
+    if ready():
+        return
+    versions = sorted(Path("/etc/postgresql").glob("*")) if Path("/etc/postgresql").is_dir() else []
+    if not versions or shutil.which("pg_ctlcluster") is None:
+        raise RuntimeError("no PostgreSQL here: .ci/run installs and starts it")
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1].name, "main",
+                    "start"], check=False)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not ready():
+        if time.monotonic() > deadline:
+            raise RuntimeError("PostgreSQL did not start within 30 s")
+        time.sleep(0.2)
+
+
+def dsn_of(name: str) -> str:
+    base, _, _ = ADMIN_DSN.rpartition("/")
+    return f"{base}/{name}"
+
+
+@asynccontextmanager
+async def fresh_database(prefix: str = "mw_test") -> AsyncIterator[str]:
+    """A new, empty database; yields its DSN; dropped afterwards."""
+    ensure_server()
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield dsn_of(name)
+    finally:
+        admin = await asyncpg.connect(ADMIN_DSN)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+async def set_allowed(dsn: str, allowed: bool) -> None:
+    """Let connections into the database, or refuse new ones and end those it has (the
+    database is away for its clients: what a restart looks like to them)."""
+    name = dsn.rpartition("/")[2]
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        flag = "true" if allowed else "false"
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {flag}')
+        if not allowed:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                name,
+            )
+    finally:
+        await admin.close()
+
+
+async def execute(dsn: str, sql: str, *args: object) -> str:
+    conn = await asyncpg.connect(dsn)
+    try:
+        result: str = await conn.execute(sql, *args)
+        return result
+    finally:
+        await conn.close()
+
+
+async def fetch(dsn: str, sql: str, *args: object) -> list[dict[str, object]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [dict(r) for r in await conn.fetch(sql, *args)]
+    finally:
+        await conn.close()
