@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { applyCounters } from "../src/lib/counters";
 import { KeyedStore } from "../src/lib/store";
 import type { Counters } from "../src/lib/types";
-import { locate } from "../src/lib/validation";
+import { locate, shortMessage } from "../src/lib/validation";
 import { parseFlowResponse } from "../src/lib/api";
 
 describe("counters store", () => {
@@ -68,5 +68,12 @@ describe("GET /flows/{id} parsing", () => {
     const lf = parseFlowResponse({ rev: 3, source: "file", file: "flows/a.json", flow: { id: "a", nodes: [] } }, '"4"');
     expect(lf).toEqual({ doc: { id: "a", nodes: [] }, rev: 4, source: "file", file: "flows/a.json" });
     expect(parseFlowResponse({ rev: 3, source: "api", id: "a", nodes: [] }, null)).toMatchObject({ doc: { id: "a", nodes: [] }, rev: 3 });
+  });
+});
+
+describe("error messages beside their param and line", () => {
+  it("drops the param and line the editor already shows", () => {
+    expect(shortMessage({ where: "", param: "script", line: 3, message: "script: lua: line 3: unexpected symbol near '='" })).toBe("unexpected symbol near '='");
+    expect(shortMessage({ where: "", param: "interval", message: "expected `float` > 0.0" })).toBe("expected `float` > 0.0");
   });
 });

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from browser import launch, open_editor
+from browser import launch, open_editor  # type: ignore[import-not-found]
 from playwright.sync_api import Page, expect, sync_playwright
-from ui import drop, node, select, wire
+from ui import drop, node, select, wire  # type: ignore[import-not-found]
 
 from mechaway.testing.daemon import DaemonProc
 
@@ -93,9 +93,12 @@ def main() -> None:
                 expect(node(page, "tick")).to_be_visible()
                 select(page, "window")
                 page.get_by_test_id("param-size").fill("20")
-                node(page, "store").drag_to(
-                    page.get_by_test_id("canvas"), target_position={"x": 900, "y": 120}
-                )
+                box = node(page, "store").bounding_box()
+                assert box is not None
+                page.mouse.move(box["x"] + 30, box["y"] + 10)
+                page.mouse.down()
+                page.mouse.move(box["x"] + 30, box["y"] - 60, steps=10)
+                page.mouse.up()
                 page.get_by_test_id("deploy").click()
                 expect(page.get_by_test_id("deploy-dialog")).to_be_visible()
                 shot(page, "deploy-diff")

@@ -148,13 +148,20 @@ function EditorInner({ schemas, onLogout }: { schemas: Record<string, JSONSchema
       setMeta(m);
       undo.current.clear();
       bump();
-      requestAnimationFrame(() => {
-        if (g.nodes.length <= FIT_LIMIT) void rf.fitView({ padding: 0.2, maxZoom: 1.2 });
-        else void rf.setViewport({ x: 20, y: 20, zoom: 0.8 });
-      });
+      setFitFor({ count: g.nodes.length });
     },
-    [metas, rf],
+    [metas],
   );
+
+  // fit the view once the new nodes are committed (React Flow then measures them)
+  const [fitFor, setFitFor] = useState<{ count: number } | null>(null);
+  useEffect(() => {
+    if (!fitFor) return;
+    // an empty canvas is not fitted: React Flow would fit the first node dropped later
+    if (fitFor.count === 0) void rf.setViewport({ x: 0, y: 0, zoom: 1 });
+    else if (fitFor.count <= FIT_LIMIT) void rf.fitView({ padding: 0.2, maxZoom: 1.2 });
+    else void rf.setViewport({ x: 20, y: 20, zoom: 0.8 });
+  }, [fitFor, rf]);
 
   const openFlow = useCallback(
     async (id: string) => {
@@ -477,7 +484,12 @@ function EditorInner({ schemas, onLogout }: { schemas: Record<string, JSONSchema
       if (flows.some((f) => f.id === doc.id)) base = await loadFlow(doc.id).catch(() => null);
       setLoaded(base);
       setRemote(null);
-      showGraph(doc);
+      // Node-RED's nodes are small: spread its coordinates so ours (larger) do not overlap
+      const spread = (ui: unknown) =>
+        ui && typeof ui === "object" && typeof (ui as { x?: unknown }).x === "number" && typeof (ui as { y?: unknown }).y === "number"
+          ? { ...(ui as object), x: (ui as { x: number }).x * 1.4, y: (ui as { y: number }).y * 2 }
+          : ui;
+      showGraph({ ...doc, nodes: doc.nodes.map((n) => (n.ui ? { ...n, ui: spread(n.ui) as typeof n.ui } : n)) });
       setDirty(true);
       say(`opened imported flow ${doc.id}: review it, then deploy`, "info");
     },

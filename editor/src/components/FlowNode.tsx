@@ -2,7 +2,7 @@ import { createContext, memo, useContext } from "react";
 import { Handle, Position, type NodeProps } from "@xyflow/react";
 import { counterKey, counters } from "../lib/counters";
 import { useKeyed } from "../lib/store";
-import { nodeErrors, nodeWarnings } from "../lib/validation";
+import { nodeErrors, nodeWarnings, shortMessage } from "../lib/validation";
 import { INPUT_HANDLE, type MwNode } from "../lib/graph";
 
 /** The id of the flow on the canvas (counters are keyed ``flow/node``). */
@@ -45,11 +45,12 @@ function NodeErrors({ id }: { id: string }) {
       </div>
     );
   }
-  const text = errs.map((e) => (e.param ? `${e.param}: ${e.message}` : e.message)).join("\n");
+  const text = errs.map((e) => (e.param ? `${e.param}: ${shortMessage(e)}` : e.message)).join("\n");
   return (
     <div data-testid="validation-error" title={text} className="max-w-[220px] truncate border-t border-red-200 bg-red-50 px-2 py-0.5 text-[10px] text-red-700">
       ⚠ {errs[0]!.param ? `${errs[0]!.param}: ` : ""}
-      {errs[0]!.message}
+      {errs[0]!.line !== undefined ? `line ${errs[0]!.line}: ` : ""}
+      {shortMessage(errs[0]!)}
       {errs.length > 1 ? ` (+${errs.length - 1})` : ""}
     </div>
   );

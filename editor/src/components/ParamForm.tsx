@@ -1,6 +1,7 @@
 import { lazy, Suspense, useState } from "react";
 import { boundsProblem, emptyValue, type Field } from "../lib/schema";
 import type { ValidationError } from "../lib/types";
+import { shortMessage } from "../lib/validation";
 
 const LuaEditor = lazy(() => import("./LuaEditor"));
 
@@ -55,7 +56,7 @@ function FieldRow({ field, path, value, errors, onChange }: { field: Field; path
       {errors.map((e, i) => (
         <p key={i} className="mt-0.5 text-[11px] text-red-600" data-testid="param-error">
           {e.line ? `line ${e.line}: ` : ""}
-          {e.message}
+          {shortMessage(e)}
         </p>
       ))}
     </div>
@@ -79,7 +80,7 @@ function FieldInput({ field, path, value, errors, onChange }: { field: Field; pa
       return (
         <div data-testid={id}>
           <Suspense fallback={<textarea className={inputCls} rows={8} readOnly value={typeof value === "string" ? value : ""} />}>
-            <LuaEditor value={typeof value === "string" ? value : ""} onChange={(v) => onChange(path, v)} errorLine={err?.line} errorMessage={err?.message} />
+            <LuaEditor value={typeof value === "string" ? value : ""} onChange={(v) => onChange(path, v)} errorLine={err?.line} errorMessage={err ? shortMessage(err) : undefined} />
           </Suspense>
         </div>
       );

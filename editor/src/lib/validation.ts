@@ -57,3 +57,12 @@ export function publishErrors(located: Located, warnings?: Located): void {
   nodeErrors.replaceAll(located.byNode.entries(), sameErrors);
   nodeWarnings.replaceAll((warnings?.byNode ?? new Map<string, ValidationError[]>()).entries(), sameErrors);
 }
+
+/** The message without what the editor shows beside it: ``script: lua: line 3: x`` at
+ *  param ``script``, line 3 reads ``x``. */
+export function shortMessage(e: ValidationError): string {
+  let m = e.message;
+  if (e.param && m.startsWith(`${e.param}: `)) m = m.slice(e.param.length + 2);
+  if (e.line !== undefined) m = m.replace(/^(?:[\w.-]+: )?line \d+: /, "");
+  return m;
+}
