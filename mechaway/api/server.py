@@ -21,7 +21,10 @@ from mechaway import __version__
 from mechaway.api.auth import SAFE_METHODS, Guard
 from mechaway.api.editor import setup_editor
 from mechaway.api.events import EventHub
+from mechaway.api.metrics import setup_metrics
 from mechaway.api.validate import check_document, palette_info, parse_errors
+from mechaway.api.webhook import setup_webhooks
+from mechaway.api.websocket import setup_websockets
 from mechaway.errors import FlowError, Issue, StoreUnavailable
 from mechaway.flow.parse import parse_text
 from mechaway.nodes.registry import node_types, params_schema
@@ -107,8 +110,11 @@ BODY_TYPES = frozenset(
 
 
 def _needs_token(path: str) -> bool:
-    """Every API route but health; the events socket checks its first message itself;
-    what is not under /api/ (the editor's files, webhooks) has rules of its own."""
+    """Every API route but health, and /metrics; the events socket checks its first
+    message itself; what else is not under /api/ (the editor's files, webhooks and
+    WebSocket endpoints with their own tokens) has rules of its own."""
+    if path == "/metrics":
+        return True
     return path.startswith(f"{PREFIX}/") and path not in (
         f"{PREFIX}/health",
         f"{PREFIX}/events",
@@ -455,5 +461,8 @@ def make_app(
     if series_store is not None:
         app[SERIES] = series_store
         r.add_get(f"{PREFIX}/series/{{name:.+}}", series)
+    setup_webhooks(app, manager.engine, guard_)
+    setup_websockets(app, guard_)
+    setup_metrics(app, manager, status_fn, guard_)
     setup_editor(app)
     return app
