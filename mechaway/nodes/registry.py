@@ -42,6 +42,8 @@ BUILTIN_MODULES = (
     "mechaway.nodes.gpio",
     "mechaway.nodes.i2c",
     "mechaway.nodes.serial",
+    "mechaway.nodes.http",
+    "mechaway.nodes.websocket",
     "mechaway.nodes.postgres",
 )
 
