@@ -636,6 +636,8 @@ class PostgresQueryNode(SinkNode[PostgresQueryParams]):
 
     async def _run(self, drv: PostgresDriver, args: Sequence[Any]) -> Any:
         p = self.params
+        if not drv.connected:
+            await drv.first_link()
         pool = drv.pool()
         timeout = p.timeout
         async with pool.acquire() as conn:

@@ -239,6 +239,13 @@ class PostgresDriver(Driver[PostgresSettings]):
             return False
         return self.connected
 
+    async def first_link(self) -> None:
+        """While the very first connection attempt is in progress, wait for it (at most
+        ``connect_timeout``): a query made as the daemon starts is not an outage.
+        Afterwards (up once, or an attempt failed) this returns at once."""
+        if self._link is None and self.health.last_error is None:
+            await self.wait_connected(self.settings.connect_timeout)
+
     def pool(self) -> Any:
         """The live pool; ``NotConnected`` while the database is away."""
         link = self._link
