@@ -277,3 +277,76 @@ def test_placeholders_and_args_must_agree() -> None:
     with pytest.raises(FlowError, match="sql has no \\$1"):
         validate(q("v", sql="SELECT '$1'", args=["payload"]))  # quoted: not a placeholder
     validate(q("v", sql="SELECT $1 || '$2'", args=["payload"]))
+
+
+# -- the seed's example, end to end through the daemon ------------------------------------------
+GRADING = Path(__file__).resolve().parents[2] / "configs" / "examples" / "grading.json"
+
+
+def post(url: str, body: Any) -> int:
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+
+
+@pytest.mark.asyncio
+async def test_the_grading_example_webhook_in_rows_out_across_a_database_outage(
+    tmp_path: Path,
+) -> None:
+    """configs/examples/grading.json as written: POST /webhook/wf-grading/grade -> map ->
+    Lua grade -> PostgresNode table grades. In the middle the database ends every session
+    and refuses new ones (what its clients see of a restart); the hooks still answer 202,
+    the rows are held and land once it is back."""
+    from mechaway.testing.daemon import DaemonProc
+
+    async with fresh_database() as dsn:
+        await execute(dsn, "CREATE TABLE grades (id integer NOT NULL, score numeric NOT NULL,"
+                      " grade text NOT NULL, graded_at timestamptz NOT NULL DEFAULT now())")
+        d = DaemonProc(tmp_path, config=f'[postgres.default]\ndsn = "{dsn}"\n'
+                       "reconnect_min = 0.05\nreconnect_max = 0.3\nping_interval = 0.2\n")
+        (d.flows / "grading.json").write_text(GRADING.read_text())
+        d.start()
+        try:
+            d.wait(lambda: (d.flow_status("wf-grading") or {}).get("nodes"), 20, "the flow")
+            hook = f"{d.url}/webhook/wf-grading/grade"
+            scores = {i: (i * 7) % 101 for i in range(1, 41)}
+            for i in range(1, 21):
+                assert post(hook, {"id": i, "score": scores[i], "extra": "dropped by n2"}) == 202
+            assert post(hook, {"id": 99, "score": "lots"}) == 202  # the Lua script refuses it
+
+            def written() -> int:
+                flow = d.flow_status("wf-grading") or {}
+                return int(flow["nodes"]["n4"].get("written", 0))
+
+            d.wait(lambda: written() == 20, 20, "20 rows")
+            await set_allowed(dsn, False)
+            d.wait(lambda: d.status()["connections"]["postgres.default"]["state"] != "connected",
+                   20, "the outage in status")  # fmt: skip
+            for i in range(21, 41):
+                assert post(hook, {"id": i, "score": scores[i]}) == 202
+            d.wait(lambda: d.flow_status("wf-grading")["nodes"]["n4"]["pending"] == 20, 20,
+                   "the held rows")  # fmt: skip
+            st = d.status()
+            assert any(p.startswith("postgres.default") for p in st["problems"]), st["problems"]
+            assert st["flows"]["wf-grading"]["nodes"]["n4"]["state"] == "holding: database away"
+            await set_allowed(dsn, True)
+            d.wait(lambda: written() == 40, 30, "the held rows written")
+            rows = await fetch(dsn, "SELECT id, score, grade FROM grades ORDER BY id")
+            assert [r["id"] for r in rows] == list(range(1, 41))
+            letters = {r["id"]: r["grade"] for r in rows}
+            assert letters[13] == "A" and scores[13] == 91  # 13 * 7 = 91
+            assert letters[12] == "B" and scores[12] == 84
+            assert letters[1] == "F" and scores[1] == 7
+            n3 = d.flow_status("wf-grading")["nodes"]["n3"]
+            assert n3["errors"] == 1 and "expected {id, score 0-100}" in n3["last_error"]
+        finally:
+            await set_allowed(dsn, True)
+            assert d.terminate() == 0
