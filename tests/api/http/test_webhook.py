@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 from typing import Any
 
 import pytest
@@ -13,19 +14,21 @@ import pytest
 from mechaway.nodes import http as http_nodes
 from mechaway.testing.flows import doc, edge, got, node, settle, stats, wait_until
 
-from .http_fixtures import ADMIN, HOOK, READ, WebApi, web_api  # noqa: F401
+from .conftest import ADMIN, HOOK, READ, WebApi
 
 pytestmark = pytest.mark.asyncio
 
 
-def hook_flow(fid: str, *, after: list[dict[str, Any]] | None = None, **params: Any) -> dict[str, Any]:
+def hook_flow(
+    fid: str, *, after: list[dict[str, Any]] | None = None, **params: Any
+) -> dict[str, Any]:
     """``hook -> (after...) -> sink`` or ``hook -> after...`` when ``after`` ends the flow."""
     nodes = [node("hook", "WebhookNode", **{"path": "/in", **params})]
     if after is None:
         nodes.append(node("sink", "CollectNode"))
         return doc(fid, nodes, [edge("hook", "sink")])
     nodes += after
-    edges = [edge(a["id"], b["id"]) for a, b in zip(nodes, nodes[1:], strict=False)]
+    edges = [edge(a["id"], b["id"]) for a, b in itertools.pairwise(nodes)]
     return doc(fid, nodes, edges)
 
 
@@ -60,7 +63,8 @@ async def test_the_seed_path_with_a_slash_and_form_and_text_bodies(web_api: WebA
     r3 = await c.post("/webhook/h2/grade", data=b"", headers={"Content-Type": "application/json"})
     assert (r1.status, r2.status, r3.status) == (202, 202, 202)
     await settle(web_api.engine, "h2")
-    assert [m["payload"] for m in got("h2", "sink")] == [{"a": "1", "b": "x y"}, "plain words", None]
+    payloads = [m["payload"] for m in got("h2", "sink")]
+    assert payloads == [{"a": "1", "b": "x y"}, "plain words", None]
 
 
 async def test_the_flows_answer_through_http_response_node(web_api: WebApi) -> None:
@@ -172,8 +176,10 @@ async def test_a_body_that_does_not_come_is_408(web_api: WebApi) -> None:
     await web_api.deploy(hook_flow("h10", body_timeout_s=0.3))
     server = web_api.client.server
     reader, writer = await asyncio.open_connection(server.host, server.port)
-    writer.write(b"POST /webhook/h10/in HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                 b"Content-Type: application/json\r\nContent-Length: 50\r\n\r\n{\"a\":")  # fmt: skip
+    writer.write(
+        b"POST /webhook/h10/in HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 50\r\n\r\n{\"a\":"
+    )
     await writer.drain()
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     writer.close()
@@ -184,7 +190,8 @@ async def test_a_body_that_does_not_come_is_408(web_api: WebApi) -> None:
 async def test_bad_bodies_methods_paths_and_origins_are_json_errors(web_api: WebApi) -> None:
     await web_api.deploy(hook_flow("h11"))
     c = web_api.client
-    bad = await c.post("/webhook/h11/in", data=b"{nope", headers={"Content-Type": "application/json"})
+    json_type = {"Content-Type": "application/json"}
+    bad = await c.post("/webhook/h11/in", data=b"{nope", headers=json_type)
     assert bad.status == 400 and "JSON" in (await bad.json())["error"]
     xml = await c.post("/webhook/h11/in", data=b"<a/>", headers={"Content-Type": "application/xml"})
     assert xml.status == 415

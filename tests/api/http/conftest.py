@@ -62,8 +62,11 @@ async def web_api(tmp_path: Path) -> AsyncIterator[WebApi]:
     manager = FlowManager(engine, FlowStore(db))
     guard = Guard(token=ADMIN, read_token=READ)
     holder: list[WebApi] = []
-    app = make_app(manager, lambda: holder[0].status(), token=ADMIN, max_body=1 << 20,
-                   guard=guard)  # fmt: skip
+
+    def status() -> dict[str, Any]:
+        return holder[0].status()
+
+    app = make_app(manager, status, token=ADMIN, max_body=1 << 20, guard=guard)
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
     api = WebApi(client, app, manager, db, drivers)
