@@ -40,22 +40,30 @@ def _mock(chip: int | None) -> Any:
     return MockFactory(pin_class=MockPWMPin)
 
 
+def _sim(chip: int | None, socket: str | None = None) -> Any:
+    """The hardware simulator's header, over its socket (``mechaway.drivers.gpio.sim``)."""
+    from mechaway.drivers.gpio.sim import SimFactory
+
+    return SimFactory(socket)
+
+
 #: backend name -> maker of a gpiozero pin factory (``chip``: the lgpio gpiochip or None)
 FACTORIES: dict[str, Callable[[int | None], Any]] = {
     "auto": _auto,
     "lgpio": _lgpio,
     "mock": _mock,
+    "sim": _sim,
 }
 
 
-def make_factory(backend: str, chip: int | None = None) -> Any:
+def make_factory(backend: str, chip: int | None = None, sim_socket: str | None = None) -> Any:
     """A gpiozero pin factory for ``backend``; ``ConfigError`` saying why when the board
     has none (no GPIO here, lgpio not installed, no access to /dev/gpiochip*)."""
     maker = FACTORIES.get(backend)
     if maker is None:
         raise ConfigError(f"[gpio] backend {backend!r}: known: {', '.join(FACTORIES)}")
     try:
-        return maker(chip)
+        return _sim(chip, sim_socket) if maker is _sim else maker(chip)
     except ImportError as err:
         raise ConfigError(
             f"[gpio] backend {backend!r}: {err} (install the 'hardware' extra; lgpio "

@@ -36,13 +36,21 @@ class GpioSettings(DriverSettings):
     """The ``[gpio]`` section (one per daemon: the board's own pins)."""
 
     backend: Annotated[
-        Literal["auto", "lgpio", "mock"],
+        Literal["auto", "lgpio", "mock", "sim"],
         msgspec.Meta(
             description="gpiozero pin factory: auto (what gpiozero picks on the board, "
-            "GPIOZERO_PIN_FACTORY if set), lgpio (what works on a Pi 5), or mock "
-            "(gpiozero's MockFactory with PWM pins, for tests and machines without GPIO)"
+            "GPIOZERO_PIN_FACTORY if set), lgpio (what works on a Pi 5), mock "
+            "(gpiozero's MockFactory with PWM pins, for tests and machines without GPIO), "
+            "or sim (the hardware simulator's pins, over sim_socket)"
         ),
     ] = "auto"
+    sim_socket: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="backend sim: the simulator's socket (default: "
+            "$XDG_RUNTIME_DIR/mechaway-sim/sim.sock, else /tmp/mechaway-sim-UID/sim.sock)"
+        ),
+    ] = None
     chip: Annotated[
         Annotated[int, msgspec.Meta(ge=0, le=64)] | None,
         msgspec.Meta(
@@ -424,7 +432,9 @@ class GpioDriver(Driver[GpioSettings]):
     def _open(self, handle: PinHandle) -> None:
         if self.factory is None:
             try:
-                self.factory = make_factory(self.settings.backend, self.settings.chip)
+                self.factory = make_factory(
+                    self.settings.backend, self.settings.chip, self.settings.sim_socket
+                )
             except ConfigError as err:
                 self.health.set("failed", str(err))
                 raise

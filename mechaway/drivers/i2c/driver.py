@@ -52,9 +52,16 @@ class I2CSettings(DriverSettings):
         int, msgspec.Meta(ge=0, le=255, description="the bus number: /dev/i2c-N (1 on a Pi)")
     ] = 1
     backend: Annotated[
-        Literal["smbus2"],
-        msgspec.Meta(description="how the bus is opened: smbus2 (the kernel's i2c-dev)"),
+        Literal["smbus2", "sim"],
+        msgspec.Meta(description="how the bus is opened: smbus2 (the kernel's i2c-dev) or "
+                     "sim (bus `bus` of the hardware simulator, over sim_socket)"),
     ] = "smbus2"
+    sim_socket: Annotated[
+        str | None,
+        msgspec.Meta(description="backend sim: the simulator's socket (default: "
+                     "$XDG_RUNTIME_DIR/mechaway-sim/sim.sock, else "
+                     "/tmp/mechaway-sim-UID/sim.sock)"),
+    ] = None
     retries: Annotated[
         int,
         msgspec.Meta(
@@ -73,8 +80,14 @@ def _smbus2(settings: I2CSettings) -> Any:
     return SMBus(settings.bus)
 
 
+def _sim(settings: I2CSettings) -> Any:
+    from mechaway.drivers.i2c.sim import SimSMBus
+
+    return SimSMBus(settings.bus, settings.sim_socket)
+
+
 #: backend name -> opener of an SMBus-compatible bus (blocking; run on the bus's thread)
-BUS_FACTORIES: dict[str, Callable[[I2CSettings], Any]] = {"smbus2": _smbus2}
+BUS_FACTORIES: dict[str, Callable[[I2CSettings], Any]] = {"smbus2": _smbus2, "sim": _sim}
 
 
 class I2CError(MechawayError):

@@ -1,0 +1,5 @@
+import sys
+
+from mechaway_sim.cli import main
+
+sys.exit(main())
