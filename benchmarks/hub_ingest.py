@@ -424,9 +424,10 @@ def drivers() -> dict[str, Any]:
             await c.commit()
             t = time.perf_counter()
             for i in range(0, n, b):
-                async with c.cursor() as cur, cur.copy(
-                    f"COPY t({','.join(cols)}) FROM STDIN (FORMAT BINARY)"
-                ) as cp:
+                async with (
+                    c.cursor() as cur,
+                    cur.copy(f"COPY t({','.join(cols)}) FROM STDIN (FORMAT BINARY)") as cp,
+                ):
                     cp.set_types(["text", "int8", "float8", "text", "bytea", "int4"])
                     for r in rows[i : i + b]:
                         await cp.write_row(r)
@@ -467,6 +468,7 @@ def main() -> None:
     ap.add_argument("--hb-seconds", type=float, default=5.0)
     ap.add_argument("--backlog", type=int, default=1_000_000)
     ap.add_argument("--edge-seconds", type=float, default=15.0)
+    ap.add_argument("--only", default="ingest,drain", help="ingest and/or drain (with edge costs)")
     args = ap.parse_args()
     if args.loader:
         loader_main(args.loader)
@@ -481,40 +483,43 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="hub-bench-") as t:
         tmp = Path(t)
-        s = measure_hubs(tmp / "sqlite", str(tmp / "sqlite" / "hub.db"), 1, args)
-        result["sqlite_ingest_msgs_per_s"] = round(s["ingest"])
-        result["sqlite_heartbeats_per_s"] = round(s["heartbeats"])
-        result["sqlite_hub_cpu_us_per_msg"] = round(s["ingest_us"], 2)
-        result["sqlite_hub_cpu_us_per_heartbeat"] = round(s["hb_us"])
-        for nh in (1, 2):
+        parts = set(args.only.split(","))
+        if "ingest" in parts:
+            s = measure_hubs(tmp / "sqlite", str(tmp / "sqlite" / "hub.db"), 1, args)
+            result["sqlite_ingest_msgs_per_s"] = round(s["ingest"])
+            result["sqlite_heartbeats_per_s"] = round(s["heartbeats"])
+            result["sqlite_hub_cpu_us_per_msg"] = round(s["ingest_us"], 2)
+            result["sqlite_hub_cpu_us_per_heartbeat"] = round(s["hb_us"])
+            for nh in (1, 2):
+                with pg_database() as dsn:
+                    r = measure_hubs(tmp / f"pg{nh}", dsn, nh, args)
+                result[f"pg_{nh}hub_ingest_msgs_per_s"] = round(r["ingest"])
+                result[f"pg_{nh}hub_heartbeats_per_s"] = round(r["heartbeats"])
+                result[f"pg_{nh}hub_cpu_us_per_msg"] = round(r["ingest_us"], 2)
+                result[f"pg_{nh}hub_cpu_us_per_heartbeat"] = round(r["hb_us"])
+            result["pg_2hub_heartbeats_per_s_per_process"] = round(
+                result["pg_2hub_heartbeats_per_s"] / 2
+            )
+        if "drain" in parts:
             with pg_database() as dsn:
-                r = measure_hubs(tmp / f"pg{nh}", dsn, nh, args)
-            result[f"pg_{nh}hub_ingest_msgs_per_s"] = round(r["ingest"])
-            result[f"pg_{nh}hub_heartbeats_per_s"] = round(r["heartbeats"])
-            result[f"pg_{nh}hub_cpu_us_per_msg"] = round(r["ingest_us"], 2)
-            result[f"pg_{nh}hub_cpu_us_per_heartbeat"] = round(r["hb_us"])
-        result["pg_2hub_heartbeats_per_s_per_process"] = round(
-            result["pg_2hub_heartbeats_per_s"] / 2
-        )
-        with pg_database() as dsn:
-            hub = Hub(tmp / "pg-edge", dsn, tmp / "signing.key")
-            try:
-                d = drain(tmp, hub, args.backlog)
-                result["backlog_messages"] = args.backlog
-                result["backlog_drain_s"] = round(d["drain_s"], 1)
-                result["backlog_drain_msgs_per_s"] = round(args.backlog / d["drain_s"])
-                result["edge_drain_cpu_s"] = round(d["edge_cpu_s"], 1)
-                result["edge_drain_peak_rss_mb"] = round(d["edge_peak_rss_mb"], 1)
-                c = edge_cost(tmp, hub, args.edge_seconds)
-            finally:
-                hub.stop()
-        result.update({k: round(v, 2) for k, v in c.items()})
-        result["edge_sync_rss_cost_mb"] = round(
-            c["edge_rss_mb_hub_on"] - c["edge_rss_mb_hub_off"], 2
-        )
-        result["edge_sync_cpu_cost_pct"] = round(
-            c["edge_cpu_pct_hub_on"] - c["edge_cpu_pct_hub_off"], 2
-        )
+                hub = Hub(tmp / "pg-edge", dsn, tmp / "signing.key")
+                try:
+                    d = drain(tmp, hub, args.backlog)
+                    result["backlog_messages"] = args.backlog
+                    result["backlog_drain_s"] = round(d["drain_s"], 1)
+                    result["backlog_drain_msgs_per_s"] = round(args.backlog / d["drain_s"])
+                    result["edge_drain_cpu_s"] = round(d["edge_cpu_s"], 1)
+                    result["edge_drain_peak_rss_mb"] = round(d["edge_peak_rss_mb"], 1)
+                    c = edge_cost(tmp, hub, args.edge_seconds)
+                finally:
+                    hub.stop()
+            result.update({k: round(v, 2) for k, v in c.items()})
+            result["edge_sync_rss_cost_mb"] = round(
+                c["edge_rss_mb_hub_on"] - c["edge_rss_mb_hub_off"], 2
+            )
+            result["edge_sync_cpu_cost_pct"] = round(
+                c["edge_cpu_pct_hub_on"] - c["edge_cpu_pct_hub_off"], 2
+            )
     print(json.dumps(result))
 
 

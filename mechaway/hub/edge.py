@@ -71,6 +71,9 @@ IDLE_POLL_S = 0.2
 #: failures in a row before the hub counts as a problem
 FAILURES_FOR_PROBLEM = 3
 MAX_PENDING_REPORTS = 100
+#: a backlog batch is this many times ``batch`` messages, at most ``MAX_BACKLOG_BATCH``
+BACKLOG_BATCH_FACTOR = 5
+MAX_BACKLOG_BATCH = 20_000
 
 
 def _digest(doc: Any) -> str:
@@ -207,6 +210,9 @@ class HubSync:
         self.acked_upto = 0
         self.upload_error: str | None = None
         self.live_mode = False
+        #: the deletion of acknowledged rows in flight (owned: cancelled by ``stop``)
+        self._ack_task: asyncio.Future[None] | None = None
+        self._acked_deleted = 0
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -219,6 +225,9 @@ class HubSync:
     async def stop(self) -> None:
         for t in self._tasks:
             await t.stop()
+        if self._ack_task is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(self._ack_task, 5)
         await self.http.close()
         await self.poll_http.close()
 
@@ -508,6 +517,8 @@ class HubSync:
         live_sent = 0
         tokens, t_last = float(self.s.batch), time.monotonic()
         batch = self.s.batch
+        #: backlog batches are larger (fewer round trips, one COPY each); live ones small
+        big = min(BACKLOG_BATCH_FACTOR * batch, MAX_BACKLOG_BATCH)
         while True:
             if self.http.token is None:
                 await asyncio.sleep(1.0)
@@ -519,6 +530,7 @@ class HubSync:
             if last <= base:
                 live_lo = None
                 self.live_mode = False
+                self._ack_later(outbox)  # the last acknowledged rows, once idle
                 await asyncio.sleep(IDLE_POLL_S)
                 continue
             try:
@@ -534,10 +546,10 @@ class HubSync:
                 upto = (live_lo - 1) if live_lo is not None else last
                 base = max(self.acked_upto, floor)
                 if base < upto:
-                    n = min(batch, upto - base)
+                    n = min(big if live_lo is not None else batch, upto - base)
                     if live_lo is not None:  # backlog: throttled
                         now = time.monotonic()
-                        tokens = min(float(batch), tokens + (now - t_last) * self.s.backlog_rate)
+                        tokens = min(float(big), tokens + (now - t_last) * self.s.backlog_rate)
                         t_last = now
                         if tokens < n:
                             await asyncio.sleep((n - tokens) / self.s.backlog_rate)
@@ -548,7 +560,7 @@ class HubSync:
                         await self._send(epoch, floor, rows)
                 if live_lo is not None and self.acked_upto >= live_sent:
                     live_lo = None  # the backlog caught up with the live range
-                await outbox.ack(self.acked_upto)
+                self._ack_later(outbox)
                 delay = 0.5
                 self.upload_error = None
                 await asyncio.sleep(0)
@@ -562,6 +574,20 @@ class HubSync:
                 self.upload_error = str(err)
                 log.error("hub refused an upload: %s", err)
                 await asyncio.sleep(self.s.heartbeat)
+
+    def _ack_later(self, outbox: Outbox) -> None:
+        """Delete what the hub acknowledged, while the next batch goes up (one at a time)."""
+        running = self._ack_task is not None and not self._ack_task.done()
+        if running or self.acked_upto <= self._acked_deleted:
+            return
+        upto = self.acked_upto
+
+        async def ack() -> None:
+            await outbox.ack(upto)
+            self._acked_deleted = upto
+
+        self._ack_task = asyncio.ensure_future(ack())
+        self._ack_task.add_done_callback(_log_ack_failure)
 
     async def _send(self, epoch: str, floor: int, rows: list[Any]) -> None:
         data = [(e.seq, e.ts, e.topic, e.payload, e.flags) for e in rows]
@@ -582,6 +608,12 @@ class HubSync:
         self.upload_batches += 1
         self.uploaded += len(rows)
         self.acked_upto = max(self.acked_upto, acked)
+
+
+def _log_ack_failure(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and (exc := fut.exception()) is not None:
+        # the rows stay and are sent again; the hub stores each message once
+        log.warning("deleting acknowledged outbox rows failed: %s", exc)
 
 
 class _Refused(Exception):
