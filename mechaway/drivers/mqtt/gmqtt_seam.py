@@ -9,7 +9,8 @@ session class with the methods ``MqttConnection`` calls (``connect``, ``publish`
 ``write_buffer_size``, ``nodelay``) and the callbacks of ``_Owner``.
 
 What is pure MQTT (framing, the PUBLISH codec) is in ``wire.py``; this module wires it
-to gmqtt's protocol and packet handlers.
+to gmqtt's protocol and packet handlers. About 800 lines, in one module on purpose: what
+depends on gmqtt's insides stays in one place.
 """
 
 from __future__ import annotations
