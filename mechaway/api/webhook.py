@@ -93,11 +93,18 @@ async def _read(request: web.Request, hook: WebhookNode) -> bytes | web.Response
     if (request.content_length or 0) > cap:
         hook.counts["too_large"] += 1
         return _error(413, f"request body larger than {cap} bytes (the hook's max_body_bytes)")
+    content = request.content
+    if content.is_eof():  # the whole body came with the headers: no timer, no wait
+        data = content.read_nowait()
+        if len(data) > cap:
+            hook.counts["too_large"] += 1
+            return _error(413, f"request body larger than {cap} bytes (the hook's max_body_bytes)")
+        return data
     buf = bytearray()
     try:
         async with asyncio.timeout(hook.params.body_timeout_s):
             while True:
-                chunk = await request.content.read(CHUNK)
+                chunk = await content.read(CHUNK)
                 if not chunk:
                     break
                 buf += chunk

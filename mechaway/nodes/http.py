@@ -1,4 +1,6 @@
-"""HTTP nodes: ``WebhookNode`` (requests in), ``HTTPResponseNode`` (the flow's answer) and
+"""HTTP nodes: webhooks in, the flow's answer, requests out.
+
+``WebhookNode`` (requests in), ``HTTPResponseNode`` (the flow's answer) and
 ``HTTPRequestNode`` (requests out, through the ``[http.NAME]`` client driver).
 
 A ``WebhookNode`` is served by the daemon's own HTTP server (the admin API's port) at
@@ -24,7 +26,6 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import parse_qs, quote
 
@@ -79,14 +80,27 @@ def normalize_path(path: str) -> str:
     return path.strip("/")
 
 
-@dataclass(frozen=True, slots=True)
 class Answer:
-    """What the server sends back for one request."""
+    """What the server sends back for one request (a plain class: one is made per
+    request, and a frozen dataclass's ``__init__`` costs several times more)."""
 
-    status: int
-    body: bytes = b""
-    content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
+    __slots__ = ("body", "content_type", "headers", "status")
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes = b"",
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        #: extra headers (shared between answers: never mutated)
+        self.headers = headers if headers is not None else _NO_HEADERS
+
+
+_NO_HEADERS: dict[str, str] = {}
 
 
 def json_answer(status: int, data: Any) -> Answer:
@@ -323,7 +337,11 @@ class WebhookNode(SourceNode[WebhookParams]):
                 counts["accepted"] += 1
                 return json_answer(202, {"accepted": True, "id": rid})
             try:
-                answer = await asyncio.wait_for(fut, self.params.timeout_s)
+                # an answer made while emit ran (a flow of pure nodes) is taken at once:
+                # wait_for would cost a loop iteration more
+                answer = fut.result() if fut.done() else await asyncio.wait_for(
+                    fut, self.params.timeout_s
+                )
             except TimeoutError:
                 counts["timeouts"] += 1
                 self.ctx.burst.warning(
@@ -385,7 +403,12 @@ class HTTPResponseNode(Node[HTTPResponseParams]):
     def __init__(self, node_id: str, params: HTTPResponseParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         self._keys = split_path(params.property)
-        self._headers = {k: v for k, v in params.headers.items() if _header_ok(k, v)}
+        key = self._keys[0] if len(self._keys) == 1 else None
+        #: the usual ``property`` (``payload``): one key, read without get_path
+        self._key: str | None = key if isinstance(key, str) else None
+        fixed = {k: v for k, v in params.headers.items() if _header_ok(k, v)}
+        self._ctype = next((v for k, v in fixed.items() if k.lower() == "content-type"), None)
+        self._headers = {k: v for k, v in fixed.items() if k.lower() != "content-type"}
         self.late = 0
         self.bad_headers = 0
 
@@ -423,18 +446,24 @@ class HTTPResponseNode(Node[HTTPResponseParams]):
         status = msg.get("status")
         if type(status) is not int or not 100 <= status <= 599:
             status = p.status
-        value = get_path(msg, self._keys) if self._keys else msg
-        headers = dict(self._headers)
-        extra = msg.get("headers")
-        if type(extra) is dict:
-            for k, v in extra.items():
-                if isinstance(k, str) and isinstance(v, str) and _header_ok(k, v):
-                    headers[k] = v
-                else:
-                    self.bad_headers += 1
-        ctype = next((v for k, v in headers.items() if k.lower() == "content-type"), None)
-        headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+        if self._key is not None:
+            value = msg.get(self._key)
+        else:
+            value = get_path(msg, self._keys) if self._keys else msg
         body, default_type = _encode_body(value, p.encode)
+        extra = msg.get("headers")
+        if type(extra) is not dict or not extra:  # the usual answer: the param headers only
+            return Answer(status, body, self._ctype or default_type, self._headers)
+        headers = dict(self._headers)
+        ctype = self._ctype
+        for k, v in extra.items():
+            if isinstance(k, str) and isinstance(v, str) and _header_ok(k, v):
+                if k.lower() == "content-type":
+                    ctype = v
+                else:
+                    headers[k] = v
+            else:
+                self.bad_headers += 1
         return Answer(status, body, ctype or default_type, headers)
 
     def status(self) -> dict[str, Any] | None:
