@@ -508,6 +508,9 @@ def parse(text: str, where: str = "scenario", fmt: str = "toml") -> Scenario:
         sc = msgspec.convert(raw, Scenario, strict=fmt == "toml")
     except msgspec.ValidationError as err:
         raise ScenarioError(f"{where}: {located(err)}") from None
+    except UnicodeError:  # YAML's "\ud800" escapes make strings that are not Unicode
+        raise ScenarioError(f"{where}: text that is not valid Unicode (a lone surrogate "
+                            f"escape?)") from None  # fmt: skip
     _cross_check(sc, where)
     return sc
 
