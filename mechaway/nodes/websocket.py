@@ -1,6 +1,8 @@
-"""WebSocket nodes: ``WebSocketInNode`` (messages in) and ``WebSocketOutNode`` (out), either
-on an endpoint of the daemon's own HTTP server, ``/ws/{flow_id}/{path}`` (``path``), or
-as a client of a server (``connection``: a ``[websocket.NAME]`` driver connection).
+"""WebSocket nodes: an endpoint of the daemon's, or a client of a server.
+
+``WebSocketInNode`` (messages in) and ``WebSocketOutNode`` (out), either on an endpoint of
+the daemon's own HTTP server, ``/ws/{flow_id}/{path}`` (``path``), or as a client of a
+server (``connection``: a ``[websocket.NAME]`` driver connection).
 
 The server side: the nodes of one flow naming one ``path`` share an ``Endpoint`` (created
 by the first node that starts, closed with the last that stops, so a hot swap keeps the
