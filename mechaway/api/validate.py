@@ -105,11 +105,13 @@ def check_document(raw: Any) -> tuple[int, dict[str, Any]]:
     ``(422, {ok: false, errors})``. Nothing is deployed or stored."""
     ids = _node_ids(raw)
     try:
-        validate(raw, source="request body")
+        valid = validate(raw, source="request body")
     except FlowError as err:
         return 422, {"ok": False, "errors": [located(i, ids) for i in err.issues]}
     assert isinstance(raw, dict)  # validate accepts nothing else
-    return 200, {"ok": True, "warnings": _warnings(raw)}
+    # the validator's own (a publish its own flow receives, ...) and the editor's
+    found = [located(i, ids) for i in valid.warnings] + _warnings(raw)
+    return 200, {"ok": True, "warnings": found}
 
 
 def parse_errors(err: FlowError) -> tuple[int, dict[str, Any]]:

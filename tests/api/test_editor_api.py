@@ -41,6 +41,17 @@ async def test_validate_ok_with_warnings_and_nothing_deployed(api: Api) -> None:
     assert "v" not in api.engine.flows and api.manager.store.active_rev("v") is None
 
 
+async def test_validate_returns_the_validators_own_warnings(api: Api) -> None:
+    """A template publish its own flow may receive: deployable, and said."""
+    body = doc("w", [node("in", "MQTTInNode", topic="sensors/#"),
+                     node("out", "MQTTOutNode", topic="sensors/{payload.room}")],
+               [edge("in", "out")])  # fmt: skip
+    resp = await api.client.post(f"{V1}/validate", json=body, headers=AUTH)
+    assert resp.status == 200
+    (warning,) = (await _json(resp))["warnings"]
+    assert warning["node"] == "out" and "may feed itself" in warning["message"]
+
+
 async def test_validate_locates_node_param_and_lua_line(api: Api) -> None:
     script = "local x = 1\nlocal y = 2\nreturn msg +\n"
     body = doc(
