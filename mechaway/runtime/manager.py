@@ -113,6 +113,8 @@ class FlowManager:
         """
         valid = validate(raw, source=origin)
         fid = valid.doc.id
+        for warning in valid.warnings:  # deployable, but maybe not meant (a feedback loop)
+            log.warning("flow %s: %s", fid, warning)
         async with self._lock:
             owner = self.files.get(fid)
             if owner is not None and source != "file":
