@@ -6,13 +6,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from mechaway.testing.daemon import DaemonProc
 
 from .browser import launch, open_editor
 
 TOKEN = "editor-test-token"
+# the machine running these may be busy (2 cores shared): waits are generous, never sleeps
+expect.set_options(timeout=15_000)
 
 
 @pytest.fixture(scope="module")

@@ -1,32 +1,45 @@
 import { useCallback, useEffect, useState } from "react";
-import { call, errorText, getToken, loadSchemas, setToken } from "../lib/api";
+import { call, errorText, getToken, listFlows, loadFlow, setToken, type FlowSummary, type LoadedFlow } from "../lib/api";
 import type { JSONSchema } from "../lib/types";
 import { Editor } from "./Editor";
 
-type Phase = { kind: "checking" } | { kind: "login"; error?: string } | { kind: "ready"; schemas: Record<string, JSONSchema> };
+export interface Initial {
+  flows: Promise<FlowSummary[]>;
+  /** the flow named in the URL (``#flow=ID``), fetched while the schemas load */
+  flow: Promise<LoadedFlow> | null;
+}
+
+type Phase = { kind: "checking" } | { kind: "login"; error?: string } | { kind: "ready"; schemas: Record<string, JSONSchema>; initial: Initial };
+
+function hashFlow(): string | null {
+  const m = /flow=([^&]+)/.exec(location.hash);
+  return m ? decodeURIComponent(m[1]!) : null;
+}
 
 /** Log in (token kept in sessionStorage for this tab only), then the editor. */
 export function App() {
   const [phase, setPhase] = useState<Phase>({ kind: "checking" });
 
   const enter = useCallback(async (token: string | null) => {
-    // a daemon with no token answers without one; otherwise the token must be right
-    const r = await call("GET", "/flows", undefined, {}, token);
+    // the schemas prove the token (a daemon without one answers anyway); the flow list
+    // and the flow in the URL are fetched at the same time
+    setToken(token);
+    const want = hashFlow();
+    const initial: Initial = { flows: listFlows(), flow: want ? loadFlow(want) : null };
+    initial.flows.catch(() => undefined);
+    initial.flow?.catch(() => undefined);
+    const r = await call<Record<string, JSONSchema>>("GET", "/schema", undefined, {}, token);
     if (r.status === 401) {
       setToken(null);
       setPhase({ kind: "login", error: token ? "wrong token" : undefined });
       return;
     }
     if (r.status !== 200) {
+      setToken(null);
       setPhase({ kind: "login", error: errorText(r.body, r.status) });
       return;
     }
-    setToken(token);
-    try {
-      setPhase({ kind: "ready", schemas: await loadSchemas() });
-    } catch (e) {
-      setPhase({ kind: "login", error: String(e) });
-    }
+    setPhase({ kind: "ready", schemas: r.body, initial });
   }, []);
 
   useEffect(() => {
@@ -40,7 +53,7 @@ export function App() {
 
   if (phase.kind === "checking") return <div className="p-6 text-slate-500">Connecting…</div>;
   if (phase.kind === "login") return <Login error={phase.error} onSubmit={(t) => void enter(t)} />;
-  return <Editor schemas={phase.schemas} onLogout={logout} />;
+  return <Editor schemas={phase.schemas} initial={phase.initial} onLogout={logout} />;
 }
 
 function Login({ error, onSubmit }: { error?: string; onSubmit: (token: string) => void }) {

@@ -24,6 +24,7 @@ import {
   graphToDoc,
   makeEdge,
   makeNode,
+  nodeGeometry,
   type MwEdge,
   type MwNode,
 } from "../lib/graph";
@@ -38,6 +39,7 @@ import { ConflictDialog, DeployDialog, HistoryDialog, ImportDialog, plainBtn, pr
 import { FlowIdContext, nodeTypes } from "./FlowNode";
 import { DRAG_MIME, Palette } from "./Palette";
 import { FlowPanel, NodePanel } from "./PropertyPanel";
+import type { Initial } from "./App";
 
 interface Snap {
   nodes: MwNode[];
@@ -60,12 +62,13 @@ interface Notice {
  *  fitted 1,000-node flow would render every node at once). */
 const FIT_LIMIT = 150;
 
-function hashFlow(): string | null {
-  const m = /flow=([^&]+)/.exec(location.hash);
-  return m ? decodeURIComponent(m[1]!) : null;
+interface EditorProps {
+  schemas: Record<string, JSONSchema>;
+  initial: Initial;
+  onLogout: () => void;
 }
 
-export function Editor(props: { schemas: Record<string, JSONSchema>; onLogout: () => void }) {
+export function Editor(props: EditorProps) {
   return (
     <ReactFlowProvider>
       <EditorInner {...props} />
@@ -73,7 +76,7 @@ export function Editor(props: { schemas: Record<string, JSONSchema>; onLogout: (
   );
 }
 
-function EditorInner({ schemas, onLogout }: { schemas: Record<string, JSONSchema>; onLogout: () => void }) {
+function EditorInner({ schemas, initial, onLogout }: EditorProps) {
   const metas = useMemo(() => new Map(Object.entries(schemas).map(([t, s]) => [t, typeMeta(t, s)])), [schemas]);
   const metaList = useMemo(() => [...metas.values()], [metas]);
   const rf = useReactFlow<MwNode, MwEdge>();
@@ -163,21 +166,27 @@ function EditorInner({ schemas, onLogout }: { schemas: Record<string, JSONSchema
     else void rf.setViewport({ x: 20, y: 20, zoom: 0.8 });
   }, [fitFor, rf]);
 
+  const showLoaded = useCallback(
+    (lf: LoadedFlow) => {
+      setLoaded(lf);
+      setRemote(null);
+      setDirty(false);
+      showGraph(lf.doc);
+      history.replaceState(null, "", `#flow=${encodeURIComponent(lf.doc.id)}`);
+      setNotice(null);
+    },
+    [showGraph],
+  );
+
   const openFlow = useCallback(
-    async (id: string) => {
+    async (id: string, pending?: Promise<LoadedFlow>) => {
       try {
-        const lf = await loadFlow(id);
-        setLoaded(lf);
-        setRemote(null);
-        setDirty(false);
-        showGraph(lf.doc);
-        history.replaceState(null, "", `#flow=${encodeURIComponent(id)}`);
-        setNotice(null);
+        showLoaded(await (pending ?? loadFlow(id)));
       } catch (e) {
         say(`cannot open ${id}: ${e instanceof Error ? e.message : String(e)}`, "error");
       }
     },
-    [showGraph, say],
+    [showLoaded, say],
   );
 
   const newFlow = useCallback(() => {
@@ -193,11 +202,14 @@ function EditorInner({ schemas, onLogout }: { schemas: Record<string, JSONSchema
 
   useEffect(() => {
     void (async () => {
-      const fl = await listFlows().catch(() => [] as FlowSummary[]);
+      if (initial.flow) {
+        const m = /flow=([^&]+)/.exec(location.hash);
+        await openFlow(m ? decodeURIComponent(m[1]!) : "", initial.flow);
+      }
+      const fl = await initial.flows.catch(() => [] as FlowSummary[]);
       setFlows(fl);
-      const want = hashFlow();
-      if (want) await openFlow(want);
-      else if (fl.length) await openFlow(fl[0]!.id);
+      if (initial.flow) return;
+      if (fl.length) await openFlow(fl[0]!.id);
       else showGraph({ id: "flow1", name: "", nodes: [], edges: [] });
     })();
     // once, on mount
@@ -313,7 +325,13 @@ function EditorInner({ schemas, onLogout }: { schemas: Record<string, JSONSchema
   const onParams = useCallback(
     (id: string, params: Record<string, unknown>, key: string) => {
       record(`params:${id}:${key}`);
-      setNodes((ns) => ns.map((n) => (n.id === id ? { ...n, data: { ...n.data, params, ports: portsFor(metas.get(n.data.type), params) } } : n)));
+      setNodes((ns) =>
+        ns.map((n) => {
+          if (n.id !== id) return n;
+          const ports = portsFor(metas.get(n.data.type), params);
+          return { ...n, ...nodeGeometry(ports, n.data.hasInput), data: { ...n.data, params, ports } };
+        }),
+      );
       bump();
     },
     [metas, record],

@@ -1,5 +1,5 @@
 /** The canvas graph (React Flow nodes/edges) <-> the flow document; cycle checks; layout. */
-import type { Edge, Node } from "@xyflow/react";
+import { Position, type Edge, type Node } from "@xyflow/react";
 import type { FlowDoc, FlowEdgeDoc, FlowMeta, FlowNodeDoc, TypeMeta } from "./types";
 import { portsFor } from "./schema";
 
@@ -20,6 +20,34 @@ export type MwNode = Node<MwNodeData, "mw">;
 export type MwEdge = Edge;
 
 export const INPUT_HANDLE = "in";
+
+// -- node geometry (FlowNode draws exactly this) --------------------------------------------
+export const NODE_W = 180;
+export const HEADER_H = 38;
+export const COUNTER_H = 16;
+export const PORT_H = 14;
+const BORDER = 1;
+const BOTTOM = 4;
+const HANDLE = 9;
+
+export function nodeHeight(ports: number): number {
+  return 2 * BORDER + HEADER_H + COUNTER_H + ports * PORT_H + BOTTOM;
+}
+
+/** Size and handle boxes of a node, given before it is drawn: React Flow can then cull
+ *  nodes off screen from the first frame instead of drawing all of them to measure them. */
+export function nodeGeometry(ports: readonly string[], hasInput: boolean) {
+  const height = nodeHeight(ports.length);
+  const handles: { id: string; type: "source" | "target"; position: Position; x: number; y: number; width: number; height: number }[] = [];
+  if (hasInput) {
+    handles.push({ id: INPUT_HANDLE, type: "target", position: Position.Left, x: -HANDLE / 2, y: height / 2 - HANDLE / 2, width: HANDLE, height: HANDLE });
+  }
+  ports.forEach((p, i) => {
+    const cy = BORDER + HEADER_H + COUNTER_H + i * PORT_H + PORT_H / 2;
+    handles.push({ id: p, type: "source", position: Position.Right, x: NODE_W - BORDER - HANDLE / 2, y: cy - HANDLE / 2, width: HANDLE, height: HANDLE });
+  });
+  return { width: NODE_W, height, handles };
+}
 
 export function edgeId(from: string, port: string, to: string): string {
   return `${from}:${port}->${to}`;
@@ -89,17 +117,20 @@ export function makeNode(
   extra: Record<string, unknown> = {},
   uiExtra: Record<string, unknown> = {},
 ): MwNode {
+  const ports = portsFor(meta, params);
+  const hasInput = meta ? meta.kind !== "source" : true;
   return {
     id,
     type: "mw",
     position,
+    ...nodeGeometry(ports, hasInput),
     data: {
       type,
       params,
       name,
       kind: meta?.kind ?? "pure",
-      ports: portsFor(meta, params),
-      hasInput: meta ? meta.kind !== "source" : true,
+      ports,
+      hasInput,
       extra,
       uiExtra,
     },
