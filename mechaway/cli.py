@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import http.client
+import contextlib
 import json
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mechaway import __version__
 from mechaway.errors import ConfigError, FlowError, MechawayError, StoreError
+
+if TYPE_CHECKING:
+    from mechaway.client import Client
 
 
 class CliError(MechawayError):
@@ -27,70 +28,34 @@ def _settings(args: argparse.Namespace) -> Any:
     return load_settings(args.config)
 
 
-# -- talking to the daemon --------------------------------------------------------------------
-class Api:
-    """A tiny blocking client of the admin API (stdlib only: the CLI stays light)."""
+# -- talking to the daemon (through mechaway.client) ------------------------------------------
+@contextlib.contextmanager
+def _talking(api: Client) -> Iterator[None]:
+    """The SDK's typed errors as the CLI says them: one line, or the located issues."""
+    from mechaway.client import ApiError, BadURL, Unauthorized, ValidationFailed
 
-    def __init__(self, url: str, token: str | None) -> None:
-        self.url = url.rstrip("/")
-        self.token = token
-
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        try:
-            req = urllib.request.Request(f"{self.url}/api/v1{path}", data=data, method=method)
-        except ValueError as err:  # "notaurl", "http://[::1"
-            raise CliError(f"--url: {self.url!r} is not an http:// URL ({err})") from err
-        req.add_header("Content-Type", "application/json")
-        if self.token:
-            req.add_header("Authorization", f"Bearer {self.token}")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as err:
-            try:
-                payload = json.loads(err.read() or b"{}")
-            except ValueError:
-                payload = {}
-            if not isinstance(payload, dict):
-                payload = {}
-            if err.code == 401:
-                raise CliError(
-                    "the daemon refused the token (set --token or MECHAWAY_API_TOKEN)"
-                    if self.token
-                    else "the daemon needs a token and none was found (--token, api.token,"
-                    " or the api-token file in the daemon's data directory: --data-dir)"
-                ) from err
-            if err.code == 400 and isinstance(payload.get("issues"), list):
-                from mechaway.errors import Issue
-
-                issues = [Issue(i["where"], i["message"]) for i in payload["issues"]]
-                raise FlowError(issues) from err
-            raise CliError(payload.get("error") or f"HTTP {err.code}") from err
-        except urllib.error.URLError as err:
-            raise CliError(
-                f"daemon not reachable at {self.url} ({err.reason}); is it running?"
-            ) from err
-        except (TimeoutError, ConnectionError) as err:
-            raise CliError(f"daemon at {self.url} did not answer ({err})") from err
-        except (http.client.HTTPException, ValueError) as err:  # not HTTP; a bad port in --url
-            why = " ".join(str(err).split())  # one line, whatever the peer sent
-            raise CliError(f"{self.url} is not a mechaway daemon ({why})") from err
-        try:
-            return json.loads(raw or b"null")
-        except ValueError as err:
-            raise CliError(f"{self.url} is not a mechaway daemon (its answer is not JSON)") from err
+    try:
+        yield
+    except Unauthorized as err:
+        raise CliError(
+            "the daemon refused the token (set --token or MECHAWAY_API_TOKEN)"
+            if api.token
+            else "the daemon needs a token and none was found (--token, api.token,"
+            " or the api-token file in the daemon's data directory: --data-dir)"
+        ) from err
+    except ValidationFailed as err:
+        raise FlowError(err.issues) from err
+    except BadURL as err:
+        raise CliError(f"--url: {err}") from err
+    except ApiError as err:
+        raise CliError(err.message) from err
 
 
-def _quote(flow_id: str) -> str:
-    """A flow id as one URL path segment (``a b``, ``a/b``: the daemon answers 404)."""
-    return urllib.parse.quote(flow_id, safe="")
-
-
-def _api(args: argparse.Namespace) -> Api:
+def _api(args: argparse.Namespace) -> Client:
     """A client of the daemon this machine's config names: its URL from ``api.listen``,
     its token from ``--token``, ``api.token`` (or ``MECHAWAY_API_TOKEN``), else the token
-    the daemon generated into its data directory."""
+    the daemon generated into its data directory (``mechaway.client.discover``)."""
+    from mechaway.client import Client
     from mechaway.settings import TOKEN_RE
 
     url, token = args.url, args.token
@@ -98,43 +63,7 @@ def _api(args: argparse.Namespace) -> Api:
         raise CliError("--token: must be printable ASCII without blanks")
     if url is not None and "://" not in url:
         raise CliError(f"--url: {url!r} needs a scheme: http://{url} (or https://)")
-    if url is None or token is None:
-        settings = _settings(args)
-        if args.data_dir:
-            import msgspec
-
-            settings = msgspec.structs.replace(
-                settings, device=msgspec.structs.replace(settings.device, data_dir=args.data_dir)
-            )
-        if url is None:
-            from mechaway.settings import parse_listen
-
-            host, port = parse_listen(settings.api.listen)
-            host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-            scheme = "https" if settings.api.tls_cert else "http"
-            url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
-        if token is None:
-            token = settings.api.token or _token_file(settings.data_dir)
-    return Api(url, token)
-
-
-def _token_file(data_dir: Path) -> str | None:
-    """The token the daemon generated; a file we may not read is named, not ignored."""
-    from mechaway.api.auth import token_path
-
-    path = token_path(data_dir)
-    try:
-        text = path.read_text(encoding="ascii").strip()
-    except FileNotFoundError:
-        return None
-    except PermissionError:
-        raise CliError(
-            f"cannot read the daemon's token in {path} (permission denied): run as its"
-            " user or root (sudo), or pass --token"
-        ) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise CliError(f"cannot read the daemon's token in {path}: {err}") from None
-    return text or None
+    return Client.discover(args.config, url=url, token=token, data_dir=args.data_dir or None)
 
 
 def _print(data: Any) -> None:
@@ -225,7 +154,9 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = _api(args).call("GET", "/status")
+    api = _api(args)
+    with _talking(api):
+        status = api.status()
     if args.json:
         _print(status)
     else:
@@ -310,44 +241,46 @@ def render_status(st: dict[str, Any], *, now: float) -> str:
 def cmd_flows(args: argparse.Namespace) -> int:
     api = _api(args)
     action = args.action
-    if action == "list":
-        flows = api.call("GET", "/flows")
-        if not flows:
-            print("no flows")
-        for f in flows:
-            state = "running" if f["running"] else ("disabled" if f["disabled"] else "stopped")
-            print(f"{f['id']:<24} rev {f['rev']:<4} {state:<8} {f['source']:<8} {f['name']}")
-    elif action == "show":
-        _print(api.call("GET", f"/flows/{_quote(args.id)}"))
-    elif action == "deploy":
-        doc = _read_flow(args.file)
-        fid = doc.get("id") if isinstance(doc, dict) else None
-        if not isinstance(fid, str) or not fid:
-            raise FlowError([_issue("id", "missing flow id")], args.file)
-        try:  # YAML holds more than JSON: dates, NaN
-            json.dumps(doc, allow_nan=False)
-        except (TypeError, ValueError) as err:
-            raise FlowError([_issue("", f"not JSON-compatible: {err}")], args.file) from err
-        result = api.call("PUT", f"/flows/{_quote(fid)}", doc)
-        print(
-            f"{fid}: deployed rev {result['rev']}{'' if result['new_revision'] else ' (unchanged)'}"
-        )
-    elif action == "delete":
-        api.call("DELETE", f"/flows/{_quote(args.id)}")
-        print(f"{args.id}: deleted")
-    elif action == "history":
-        for r in api.call("GET", f"/flows/{_quote(args.id)}/revisions"):
-            mark = "*" if r["active"] else " "
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"]))
-            print(f"{mark} rev {r['rev']:<4} {r['source']:<8} {when}")
-    elif action == "rollback":
-        result = api.call("POST", f"/flows/{_quote(args.id)}/rollback", {"rev": args.rev})
-        print(f"{args.id}: rolled back to rev {args.rev} (now rev {result['rev']})")
+    with _talking(api):
+        if action == "list":
+            flows = api.flows()
+            if not flows:
+                print("no flows")
+            for f in flows:
+                state = "running" if f.running else ("disabled" if f.disabled else "stopped")
+                print(f"{f.id:<24} rev {f.rev:<4} {state:<8} {f.source:<8} {f.name}")
+        elif action == "show":
+            _print(api.flow(args.id).raw)
+        elif action == "deploy":
+            doc = _read_flow(args.file)
+            fid = doc.get("id") if isinstance(doc, dict) else None
+            if not isinstance(fid, str) or not fid:
+                raise FlowError([_issue("id", "missing flow id")], args.file)
+            try:  # YAML holds more than JSON: dates, NaN
+                json.dumps(doc, allow_nan=False)
+            except (TypeError, ValueError) as err:
+                raise FlowError([_issue("", f"not JSON-compatible: {err}")], args.file) from err
+            result = api.deploy(doc)
+            print(f"{fid}: deployed rev {result.rev}"
+                  f"{'' if result.new_revision else ' (unchanged)'}")  # fmt: skip
+        elif action == "delete":
+            api.delete(args.id)
+            print(f"{args.id}: deleted")
+        elif action == "history":
+            for r in api.history(args.id):
+                mark = "*" if r.active else " "
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
+                print(f"{mark} rev {r.rev:<4} {r.source:<8} {when}")
+        elif action == "rollback":
+            result = api.rollback(args.id, args.rev)
+            print(f"{args.id}: rolled back to rev {args.rev} (now rev {result.rev})")
     return 0
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    reports = _api(args).call("GET", "/plugins")
+    api = _api(args)
+    with _talking(api):
+        reports = api.plugins()
     if not reports:
         print("no plugins")
     for r in reports:

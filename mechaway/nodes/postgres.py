@@ -25,7 +25,7 @@ import decimal
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
@@ -35,6 +35,7 @@ from msgspec import Meta
 from mechaway.drivers.base import Backoff
 from mechaway.drivers.postgres.driver import PostgresDriver
 from mechaway.drivers.postgres.tables import (
+    FAST_TYPES,
     BadValue,
     Convert,
     Table,
@@ -168,6 +169,25 @@ class PostgresParams(SinkParams, kw_only=True):
 
 #: one row to write: the message it came from, its columns and values
 _Row = tuple[Message, tuple[str, ...], tuple[Any, ...]]
+#: per column: its name, converter, the Python type it takes as is, and whether it needs a
+#: value (NOT NULL without a default)
+_Plan = tuple[tuple[str, Convert, type | None, bool], ...]
+
+
+def _getter(path: tuple[str | int, ...]) -> Callable[[Message], Any]:
+    """A fast reader of one message path (``payload.x``: two dict lookups)."""
+    if len(path) == 1 and isinstance(path[0], str):
+        key = path[0]
+        return lambda m: m.get(key)
+    if len(path) == 2 and isinstance(path[0], str) and isinstance(path[1], str):
+        a, b = path[0], path[1]
+
+        def two(m: Message) -> Any:
+            inner = m.get(a)
+            return inner.get(b) if type(inner) is dict else None
+
+        return two
+    return lambda m: get_path(m, path, None)
 
 
 @register_node("PostgresNode")
@@ -189,9 +209,13 @@ class PostgresNode(SinkNode[PostgresParams]):
         self._stopping = False
         self._drv: PostgresDriver | None = None
         self._table: Table | None = None
-        self._plans: dict[tuple[str, ...], tuple[Convert, ...]] = {}
+        self._plans: dict[tuple[str, ...], _Plan] = {}
         self._paths = (
             {c: split_path(p) for c, p in params.columns.items()} if params.columns else None
+        )
+        self._names: tuple[str, ...] = tuple(self._paths or ())
+        self._getters = (
+            [_getter(path) for path in self._paths.values()] if self._paths else None
         )
         self._retry = Backoff(0.5, 30.0)
         self._task = OwnedTask(f"mechaway.postgres[{ctx.flow_id}.{node_id}]")
@@ -450,15 +474,30 @@ class PostgresNode(SinkNode[PostgresParams]):
         )  # fmt: skip
 
     # -- rows -----------------------------------------------------------------------------
+    def _plan(self, table: Table, names: tuple[str, ...]) -> _Plan:
+        """How each column of ``names`` gets its value (cached per column set)."""
+        plan = self._plans.get(names)
+        if plan is None:
+            if not names:
+                raise BadValue("the message gives no column a value")
+            if len(self._plans) >= 64:  # payloads with ever new key sets: keep a few
+                self._plans.clear()
+            plan = self._plans[names] = tuple(
+                (n, table.columns[n].convert, FAST_TYPES.get(table.columns[n].typname),
+                 table.columns[n].not_null and not table.columns[n].has_default)
+                for n in names
+            )  # fmt: skip
+        return plan
+
     def _row(self, msg: Message, table: Table) -> tuple[tuple[str, ...], tuple[Any, ...]]:
         """The columns and converted values of ``msg`` (``BadValue`` naming the column)."""
         p = self.params
-        values: dict[str, Any]
-        if self._paths is not None:
-            values = {c: get_path(msg, path, None) for c, path in self._paths.items()}
+        if self._getters is not None:
+            values = [get(msg) for get in self._getters]
+            names = self._names
         else:
             payload = msg.get("payload")
-            if not isinstance(payload, dict):
+            if type(payload) is not dict:
                 raise BadValue(
                     f"payload is {type(payload).__name__}, not an object (set columns to map "
                     "message paths to columns)"
@@ -471,30 +510,34 @@ class PostgresNode(SinkNode[PostgresParams]):
                             f"payload key {str(k)[:60]!r} is not a column of {table.label()} "
                             f"(it has: {', '.join(cols)}; unknown_fields: ignore leaves it out)"
                         )
-                values = dict(payload)
+                names = tuple(payload)
+                values = list(payload.values())
             else:
-                values = {k: v for k, v in payload.items() if k in cols}
+                names = tuple(k for k in payload if k in cols)
+                values = [payload[k] for k in names]
         tc = p.time_column
-        if tc and values.get(tc) is None:
-            values[tc] = msg.get("ts", time.time())
-        names = tuple(values)
-        plan = self._plans.get(names)
-        if plan is None:
-            if not names:
-                raise BadValue("the message gives no column a value")
-            plan = self._plans[names] = tuple(table.columns[c].convert for c in names)
+        if tc:
+            if tc not in names:
+                names = (*names, tc)
+                values.append(None)
+            i = names.index(tc)
+            if values[i] is None:
+                values[i] = msg.get("ts") or time.time()
+        plan = self._plan(table, names)
         row: list[Any] = []
-        for name, conv, v in zip(names, plan, values.values(), strict=True):
+        add = row.append
+        for (name, conv, fast, required), v in zip(plan, values, strict=True):
             if v is None:
-                col = table.columns[name]
-                if col.not_null and not col.has_default:
+                if required:
                     raise BadValue(f"column {name!r} is NOT NULL and the message has no value")
-                row.append(None)
-                continue
-            try:
-                row.append(conv(v))
-            except BadValue as err:
-                raise BadValue(f"column {name!r}: {err}") from None
+                add(None)
+            elif type(v) is fast:
+                add(v)
+            else:
+                try:
+                    add(conv(v))
+                except BadValue as err:
+                    raise BadValue(f"column {name!r}: {err}") from None
         return names, tuple(row)
 
     def status(self) -> dict[str, Any] | None:

@@ -200,6 +200,13 @@ CONVERTERS: dict[str, Convert] = {
 }  # fmt: skip
 
 
+#: ``pg_type.typname`` -> the Python type a value of it is stored as without conversion
+FAST_TYPES: dict[str, type] = {
+    "int2": int, "int4": int, "int8": int, "float4": float, "float8": float, "text": str,
+    "varchar": str, "bpchar": str, "bool": bool,
+}  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class Column:
     name: str
