@@ -9,6 +9,11 @@ then a backward scan from the other end until it meets damage again, so the rows
 sides of a damaged region are kept. Rows on damaged pages are lost and reported as a
 table that could not be read completely.
 
+The new file (and its ``-wal``/``-shm``) gets the owner and group of the directory it is
+written to and the mode of the damaged file: run as root in the service's data directory
+(the recovery recipe), it belongs to the ``mechaway`` user as the old one did, not to root
+(which the service, ``User=mechaway``, could not write).
+
 Needed because the ``sqlite3`` shell of Debian 12 / Raspberry Pi OS (3.40, built without
 ``sqlite_dbpage``) fails on ``.recover``, and its ``.dump`` ends a damaged file's dump
 with ``ROLLBACK``.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import sqlite3
 import sys
@@ -124,7 +130,27 @@ def salvage(bad: Path, new: Path) -> list[TableReport]:
         finally:
             dst.close()
             src_conn.close()
+    give_ownership(new, bad)
     return reports
+
+
+def give_ownership(new: Path, like: Path) -> None:
+    """``new`` and its ``-wal``/``-shm``: owned as their directory is (when we may change
+    owners: root), with ``like``'s permission bits (else the directory's, less x)."""
+    folder = os.stat(new.parent)
+    try:
+        mode = os.stat(like).st_mode & 0o777
+    except OSError:
+        mode = folder.st_mode & 0o666
+    for suffix in ("", "-wal", "-shm"):
+        f = Path(f"{new}{suffix}")
+        if not f.exists():
+            continue
+        if os.geteuid() == 0 and (os.stat(f).st_uid, os.stat(f).st_gid) != (
+            folder.st_uid, folder.st_gid
+        ):
+            os.chown(f, folder.st_uid, folder.st_gid)
+        os.chmod(f, mode)
 
 
 def main(argv: list[str] | None = None) -> int:
