@@ -9,11 +9,13 @@ most of the CPU goes to the server measured.
 
 - ``*_rps``: closed loop, ``CONNS`` connections for ``SECONDS`` s: requests/s answered.
 - ``*_p50_ms`` / ``*_p99_ms``: open loop at a fixed rate (``RATE`` requests/s for
-  ``SECONDS`` s), latency from when each request was *due* (so a stall shows as the
-  latency of everything queued behind it, not hidden by the client waiting: no
-  coordinated omission).
+  ``SECONDS`` s) over 64 connections, latency from when each request was *due* (so a
+  stall shows as the latency of everything queued behind it, not hidden by the client
+  waiting: no coordinated omission), or from when this client's own timer woke up, if
+  later (libuv's timers tick in milliseconds: that slop is the client's, not the server's).
 - The same two for two baselines doing the same work: ``aiohttp_floor`` (a bare aiohttp
-  app, one route: orjson in, map, orjson out: the floor of our HTTP stack, no flow) and
+  app on uvloop, served as the daemon serves its API, one route: orjson in, map, orjson
+  out: the floor of our HTTP stack, no middleware, no flow) and
   ``node_http_floor`` (Node.js's ``http`` module doing the same in JavaScript: what the
   HTTP in/out nodes of Node-RED sit on, without Express and Node-RED's runtime, so a
   bound Node-RED itself does not beat; skipped when ``node`` is not installed).
@@ -59,16 +61,21 @@ BODY = b'{"id": 42, "score": 87.5, "name": "ada", "tags": ["x", "y"]}'
 EXPECT = b'{"id":42,"score":87.5}'
 
 AIOHTTP_FLOOR = """
-import sys, orjson, uvloop
+import asyncio, sys, orjson, uvloop
 from aiohttp import web
 async def grade(request):
     data = orjson.loads(await request.read())
     return web.Response(body=orjson.dumps({"id": data.get("id"), "score": data.get("score")}),
                         content_type="application/json")
-app = web.Application()
-app.router.add_post("/webhook/bench/grade", grade)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None,
-            loop=uvloop.new_event_loop())
+async def main():
+    app = web.Application()
+    app.router.add_post("/webhook/bench/grade", grade)
+    runner = web.AppRunner(app, access_log=None, handle_signals=True)
+    await runner.setup()
+    await web.SockSite(runner, __import__("socket").create_server(
+        ("127.0.0.1", int(sys.argv[1])), backlog=128)).start()
+    await asyncio.Event().wait()
+uvloop.run(main())
 """
 
 NODE_FLOOR = """
@@ -175,7 +182,9 @@ async def open_loop(port: int, req: bytes, rate: float, seconds: float) -> tuple
         wait = due - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
-        tasks.append(asyncio.ensure_future(one(due)))
+        # from when it was due, or later when this client's own timer woke up late (libuv
+        # timers tick in milliseconds): a wait for a free connection still counts
+        tasks.append(asyncio.ensure_future(one(max(due, time.monotonic()))))
     await asyncio.gather(*tasks)
     for c in pool:
         c.writer.close()
