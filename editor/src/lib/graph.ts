@@ -46,7 +46,9 @@ export function nodeGeometry(ports: readonly string[], hasInput: boolean) {
     const cy = BORDER + HEADER_H + COUNTER_H + i * PORT_H + PORT_H / 2;
     handles.push({ id: p, type: "source", position: Position.Right, x: NODE_W - BORDER - HANDLE / 2, y: cy - HANDLE / 2, width: HANDLE, height: HANDLE });
   });
-  return { width: NODE_W, height, handles };
+  // ``measured`` too: React Flow counts a node as initialised (fitView waits for that) only
+  // once measured, and a node culled off screen is never measured
+  return { width: NODE_W, height, measured: { width: NODE_W, height }, handles };
 }
 
 export function edgeId(from: string, port: string, to: string): string {
