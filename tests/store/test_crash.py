@@ -281,7 +281,9 @@ async def test_series_endpoint_of_the_daemon(tmp_path: Path) -> None:
     daemon = Daemon(tmp_path, doc)
 
     def get(path: str) -> Any:
-        with urllib.request.urlopen(f"{daemon.url}{path}", timeout=5) as r:
+        req = urllib.request.Request(f"{daemon.url}{path}")
+        req.add_header("Authorization", f"Bearer {daemon.own_token()}")  # made at its start
+        with urllib.request.urlopen(req, timeout=5) as r:
             return json.loads(r.read())
 
     def count() -> int:
