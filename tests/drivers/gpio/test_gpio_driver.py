@@ -83,8 +83,8 @@ def test_backend_seam_reports_a_board_without_gpio_clearly(monkeypatch: pytest.M
     monkeypatch.setitem(backends.FACTORIES, "auto", no_gpio)
     with pytest.raises(ConfigError, match=r"backend 'auto' found no GPIO: .*gpiochip0.*mock"):
         backends.make_factory("auto")
-    with pytest.raises(ConfigError, match="known: auto, lgpio, mock"):
-        backends.make_factory("sim")
+    with pytest.raises(ConfigError, match="known: auto, lgpio, mock, sim"):
+        backends.make_factory("pigpio")
     made: list[int | None] = []
     def sim(chip: int | None) -> str:
         made.append(chip)
