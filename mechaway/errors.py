@@ -83,13 +83,18 @@ def error_text(exc: BaseException) -> str:
     return text
 
 
-def located(err: Exception, where: str = "") -> str:
-    """A msgspec ``ValidationError`` as ``where.key.path: what`` (``unknown key`` for an
-    unknown field): the one place that turns msgspec's ``- at `$.a.b``` into our paths."""
+def split_validation(err: Exception) -> tuple[str, str]:
+    """A msgspec ``ValidationError`` as (path, what): ``("api.port", "Expected `int`, got
+    `str`")``, ``unknown key`` for an unknown field; the path is ``""`` at the top. The one
+    place that reads msgspec's `` - at `$.a.b` `` suffix."""
     text = str(err).replace("Object contains unknown field", "unknown key")
     head, _, path = text.partition(" - at `$")
-    key = path.rstrip("`").lstrip(".")
-    if key.startswith("["):
-        key = key  # an index at the top: where[0]
+    return path.rstrip("`").lstrip("."), head
+
+
+def located(err: Exception, where: str = "") -> str:
+    """A msgspec ``ValidationError`` as ``where.key.path: what``."""
+    key, head = split_validation(err)
+    # an index at the top joins without a dot: ``nodes[0]``, not ``nodes.[0]``
     full = f"{where}.{key}" if where and key and not key.startswith("[") else f"{where}{key}"
     return f"{full}: {head}" if full else head

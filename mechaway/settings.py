@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from mechaway.errors import ConfigError
+from mechaway.errors import ConfigError, split_validation
 
 CONFIG_ENV = "MECHAWAY_CONFIG"
 #: read when neither ``--config`` nor ``$MECHAWAY_CONFIG`` names a file (systemd/install.sh
@@ -410,9 +410,7 @@ def _convert(raw: dict[str, Any], places: _Places, *, strict: bool) -> Settings:
     try:
         return msgspec.convert(raw, Settings, strict=strict)
     except msgspec.ValidationError as err:
-        text = str(err).replace("Object contains unknown field", "unknown key")
-        head, _, path = text.partition(" - at `$")
-        where = path.rstrip("`").lstrip(".")
+        where, head = split_validation(err)
         if not where:
             raise ConfigError(f"{places.source or 'config'}: {head}") from err
         raise places.error(where, head) from err

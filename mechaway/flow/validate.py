@@ -9,13 +9,12 @@ from typing import Any
 import msgspec
 import orjson
 
-from mechaway.errors import FlowError, Issue
+from mechaway.errors import FlowError, Issue, split_validation
 from mechaway.flow.model import FlowDoc, NodeSpec
 from mechaway.nodes.base import Node
 from mechaway.nodes.registry import get_node_type, node_types
 
 ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-_AT_RE = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,18 +49,14 @@ class ValidFlow:
 
 def _msgspec_issue(prefix: str, err: Exception) -> Issue:
     """Turn msgspec's ``Expected `int`, got `str` - at `$.pin``` into a located issue."""
-    m = _AT_RE.match(str(err))
-    text = str(err)
-    path = ""
-    if m:
-        text = m.group("msg")
-        path = m.group("path") or ""
-    # a document-level path is ``.edges[0]``: no leading dot without a prefix
-    return Issue(f"{prefix}{path}" if prefix else path.lstrip("."), _humanize(text))
+    path, text = split_validation(err)
+    if prefix and path:
+        path = path if path.startswith("[") else f".{path}"
+    # a document-level path is ``edges[0]``: no leading dot without a prefix
+    return Issue(f"{prefix}{path}", _humanize(text))
 
 
 def _humanize(text: str) -> str:
-    text = text.replace("Object contains unknown field", "unknown key")
     text = text.replace("Object missing required field", "missing required key")
     if text.startswith("Expected"):
         text = "expected" + text[len("Expected") :]

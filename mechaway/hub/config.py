@@ -8,7 +8,7 @@ from typing import Annotated
 
 import msgspec
 
-from mechaway.errors import ConfigError
+from mechaway.errors import ConfigError, located
 from mechaway.settings import TOKEN_RE, parse_listen
 
 DEFAULT_LISTEN = "127.0.0.1:7800"
@@ -70,9 +70,7 @@ def load_hub_settings(path: str | Path | None) -> HubFile:
     try:
         cfg = msgspec.convert(raw, HubFile, strict=True)
     except msgspec.ValidationError as err:
-        text = str(err).replace("Object contains unknown field", "unknown key")
-        head, _, at = text.partition(" - at `$")
-        raise ConfigError(f"{where}: {at.rstrip('`').lstrip('.')}: {head}") from None
+        raise ConfigError(f"{where}: {located(err)}") from None
     h = cfg.hub
     parse_listen(h.listen, f"{where}: hub.listen")
     if not h.admin_token:
