@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from msgspec import Meta
 
 from mechaway.nodes.base import Message, Node, NodeParams, Result, get_path, split_path
+from mechaway.nodes.context import NodeContext
 from mechaway.nodes.registry import register_node
 
 
@@ -48,16 +49,14 @@ class RangeParams(NodeParams, kw_only=True):
 
 
 @register_node("RangeNode")
-class RangeNode(Node):
+class RangeNode(Node[RangeParams]):
     """Map a number from an input range to an output range (like Node-RED's range node).
 
     A missing property passes the message unchanged; a value that is not a number (or a
     numeric string) is an error (counted, to the ``error`` port).
     """
 
-    Params = RangeParams
-
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: RangeParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         p: RangeParams = params
         self._keys = split_path(p.property)
@@ -201,7 +200,7 @@ class _Armed:
 
 
 @register_node("TriggerNode")
-class TriggerNode(Node):
+class TriggerNode(Node[TriggerParams]):
     """Send a message, wait, then send a second one (like Node-RED's trigger node).
 
     While armed, further messages are ignored (or extend the wait); a message with a
@@ -209,14 +208,13 @@ class TriggerNode(Node):
     A stopped node sends nothing more.
     """
 
-    Params = TriggerParams
     ports: ClassVar[tuple[str, ...]] = ("out",)
 
     @classmethod
-    def output_ports(cls, params: Any) -> tuple[str, ...]:
+    def output_ports(cls, params: TriggerParams) -> tuple[str, ...]:
         return ("out", "second") if params.second_port else ("out",)
 
-    def __init__(self, node_id: str, params: Any, ctx: Any) -> None:
+    def __init__(self, node_id: str, params: TriggerParams, ctx: NodeContext) -> None:
         super().__init__(node_id, params, ctx)
         self._armed: dict[str, _Armed] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
