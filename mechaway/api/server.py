@@ -324,6 +324,11 @@ async def plugins(request: web.Request) -> web.Response:
     return _json(request.app[PLUGINS]())
 
 
+#: the whole schema document, encoded, for the registry it was built from: the editor
+#: loads it first, and building it takes 50-80 ms (far more on a busy Pi)
+_SCHEMA_CACHE: dict[tuple[tuple[str, type], ...], bytes] = {}
+
+
 async def schema(request: web.Request) -> web.Response:
     name = request.match_info.get("type")
     types = node_types()
@@ -331,9 +336,15 @@ async def schema(request: web.Request) -> web.Response:
         if name not in types:
             return _error(404, f"unknown node type {name!r}")
         return _json({**params_schema(name), "x-mechaway": palette_info(types[name])})
-    return _json(
-        {n: {**params_schema(n), "x-mechaway": palette_info(cls)} for n, cls in types.items()}
-    )
+    key = tuple(types.items())  # a plugin or pack (un)loaded: another registry, rebuilt
+    body = _SCHEMA_CACHE.get(key)
+    if body is None:
+        _SCHEMA_CACHE.clear()
+        body = _SCHEMA_CACHE[key] = orjson.dumps(
+            {n: {**params_schema(n), "x-mechaway": palette_info(c)} for n, c in types.items()},
+            default=str,
+        )
+    return web.Response(body=body, content_type="application/json")
 
 
 async def validate_flow(request: web.Request) -> web.Response:
