@@ -292,7 +292,7 @@ def _show(loop: Loop, ready: dict[str, Any]) -> None:
         return
     last = {}
     for name in ("air_c", "fan", "heater", "power_w"):
-        code, body = loop.api(f"/series/{name}?agg=max&bucket=3600&from={time.time() - 2}")
+        code, body = loop.api(f"/series/{name}?from={time.time() - 1.5:.3f}")
         pts = body.get("points") if code == 200 else None
         last[name] = pts[-1][1] if pts else None
 
