@@ -17,6 +17,7 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 root="${ARM64_ROOT:-$repo/.cache/roots/bookworm-arm64}"
 port="${PORT:-7781}"
 [ "$(id -u)" -eq 0 ] || { echo "prove-arm64.sh: run as root" >&2; exit 1; }
+unset PIP_FIND_LINKS  # a local wheel folder of this machine means nothing in the root
 log() { printf '[prove-arm64 %s] %s\n' "$(date +%T)" "$*" >&2; }
 now() { date +%s.%N; }
 since() { python3 -c "import sys; print(round($(now) - $1, 1))"; }
@@ -119,7 +120,7 @@ status_out=$(chroot "$root" env MECHAWAY_API_LISTEN="127.0.0.1:$port" mechaway s
 echo "$status_out" >&2
 echo "$status_out" | grep -q "^mechaway " || { echo "mechaway status failed" >&2; exit 1; }
 kill -TERM "$daemon_pid"; wait "$daemon_pid" || true; daemon_pid=""
-token_mode=$(stat -c '%a %U:%G' "$root/var/lib/mechaway/api-token")
+token_mode=$(chroot "$root" stat -c '%a %U:%G' /var/lib/mechaway/api-token)
 
 log "uninstall, keeping data"
 chroot "$root" /src/mechaway/systemd/install.sh --uninstall >&2
