@@ -170,6 +170,34 @@ def test_the_service_user_runs_it_and_the_cli_finds_it(root: Chroot) -> None:
     assert db.stat().st_uid == int(ids(root, "mechaway")[0])
 
 
+def test_an_upgrade_restarts_the_running_service_and_nothing_else_does(root: Chroot) -> None:
+    """With systemd up (here a stand-in systemctl that records its calls and says the
+    service is active): a run that changes nothing leaves the service alone; a changed
+    package restarts it."""
+    calls = root.path / "tmp" / "systemctl.calls"
+    stub = root.path / "usr" / "local" / "sbin" / "systemctl"
+    stub.write_text(f"#!/bin/sh\necho \"$*\" >> /tmp/{calls.name}\n"
+                    "case \"$1\" in is-active) exit 0;; esac\nexit 0\n")  # fmt: skip
+    stub.chmod(0o755)
+    running = root.path / "run" / "systemd" / "system"
+    running.mkdir(parents=True)
+    try:
+        r = root.run(INSTALL)
+        assert "nothing changed; the running service was left alone" in r.stdout
+        assert "restart" not in calls.read_text()
+        calls.unlink()
+        module = root.path / "src" / "mechaway" / "mechaway" / "__init__.py"
+        module.write_text(module.read_text() + "\n# an upgrade\n")
+        r = root.run(INSTALL)
+        assert "package or unit changed: restarting the service" in r.stdout
+        assert "restart mechaway.service" in calls.read_text().splitlines()
+        assert "package installed or upgraded" in r.stdout
+    finally:
+        stub.unlink()
+        running.rmdir()
+        calls.unlink(missing_ok=True)
+
+
 def test_uninstall_keeps_config_and_data_and_purge_removes_them(root: Chroot) -> None:
     r = root.run(INSTALL, "--uninstall")
     assert "kept /etc/mechaway" in r.stdout
