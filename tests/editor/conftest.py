@@ -27,8 +27,11 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
         d.kill()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    # module, not session: Playwright's sync API keeps an event loop running on the main
+    # thread while it is open, and every asyncio test after it would find that loop
+    # ("Runner.run() cannot be called from a running event loop")
     with sync_playwright() as pw:
         b = launch(pw)
         try:
