@@ -44,3 +44,20 @@ def test_the_readmes_json_blocks_that_are_flows_validate() -> None:
     for doc in flows:
         assert validate(doc, source="README.md").doc.nodes
         assert doc["id"] not in shipped, f"README flow id {doc['id']!r} collides with configs/"
+
+
+def test_every_relative_link_in_the_readme_and_docs_exists() -> None:
+    """Nothing points at a file that is not there, or outside the repository."""
+    import re
+
+    root = CONFIGS.parent
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            path = (page.parent / target).resolve()
+            if not path.is_relative_to(root) or not path.exists():
+                broken.append(f"{page.relative_to(root)}: {target}")
+    assert broken == []
