@@ -366,8 +366,21 @@ class PostgresNode(SinkNode[PostgresParams]):
         assert drv is not None
         cols = rows[0][1]
         values = [r for _m, _c, r in rows]
-        p = self.params
         pool = drv.pool()
+        # bounded as a whole (a silent network would hang a cancel request): a timeout
+        # counts as a lost connection, the rows are held
+        async with asyncio.timeout(drv.settings.command_timeout + drv.settings.connect_timeout):
+            await self._write_on(pool, table, cols, values)
+        self.written += len(rows)
+        self.batches += 1
+        drv.health.count("batches")
+        drv.health.count("rows", len(rows))
+
+    async def _write_on(self, pool: Any, table: Table, cols: tuple[str, ...],
+                        values: list[tuple[Any, ...]]) -> None:  # fmt: skip
+        p = self.params
+        drv = self._drv
+        assert drv is not None
         async with pool.acquire() as conn:
             if p.mode == "upsert":
                 index = [cols.index(k) for k in p.key]
@@ -381,10 +394,6 @@ class PostgresNode(SinkNode[PostgresParams]):
                 drv.health.count("copies")
             else:
                 await conn.executemany(insert_sql(table, cols), values)
-        self.written += len(rows)
-        self.batches += 1
-        drv.health.count("batches")
-        drv.health.count("rows", len(rows))
 
     async def _one_by_one(self, table: Table, rows: list[_Row]) -> list[Message]:
         """A batch the database refused for its data: each row alone, the bad ones to the
@@ -657,8 +666,10 @@ class PostgresQueryNode(SinkNode[PostgresQueryParams]):
         drv = self._drv
         assert drv is not None, "node not started"
         args = [get_path(msg, path) for path in self._args]
+        limit = (self.params.timeout or drv.settings.command_timeout) + drv.settings.connect_timeout
         try:
-            result = await self._run(drv, args)
+            async with asyncio.timeout(limit):
+                result = await self._run(drv, args)
         except NotConnected:
             drv.health.count("failures")
             raise

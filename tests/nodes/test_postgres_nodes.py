@@ -179,6 +179,41 @@ async def test_a_database_away_holds_a_bounded_batch_and_writes_it_back(rig: Rig
 
 
 @pytest.mark.asyncio
+async def test_rows_written_into_a_silent_network_are_held_and_written_later() -> None:
+    """A proxy between the node and the server stops forwarding without closing (an
+    unplugged cable) while a batch is being written: the batch is held, not lost, and
+    written once the path works again."""
+    from pg_server import Proxy
+
+    async with fresh_database() as dsn:
+        await execute(dsn, "CREATE TABLE grades (id int PRIMARY KEY)")
+        proxy = Proxy()
+        await proxy.start()
+        conns = Connections(parse_sections({"postgres": {"default": {
+            "dsn": proxy.dsn(dsn), **FAST, "connect_timeout": 0.5, "command_timeout": 1.0}}}))
+        engine = Engine(Services(drivers=conns), stop_timeout=5.0)
+        rig = Rig(dsn, engine, conns)
+        try:
+            await deploy(engine, pg("f9", flush_interval=0.05))
+            rig.send("f9", {"id": 0})
+            await until(lambda: stats(engine, "f9", "n")["written"] == 1, what="before")
+            proxy.pause()
+            rig.send("f9", *({"id": i} for i in range(1, 11)))  # a flush starts at once
+            drv = conns.live()[("postgres", "default")]
+            await until(lambda: not drv.connected, what="the silent link to be noticed")
+            proxy.resume()
+            proxy.cut()
+            await until(lambda: stats(engine, "f9", "n")["written"] == 11, 30, "held rows")
+            assert sorted(r["id"] for r in await rig.rows("SELECT id FROM grades")) == list(
+                range(11))
+            assert stats(engine, "f9", "n")["dropped"] == 0
+        finally:
+            await engine.stop()
+            await conns.close()
+            await proxy.close()
+
+
+@pytest.mark.asyncio
 async def test_stop_writes_what_is_held(rig: Rig) -> None:
     await deploy(rig.engine, pg("f8", flush_interval=3600, batch_size=1000))
     rig.send("f8", *({"id": i} for i in range(7)))

@@ -171,6 +171,12 @@ def _text(err: BaseException) -> str:
     return text[:300]
 
 
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned task's outcome (nobody waits for it any more)."""
+    if not task.cancelled():
+        task.exception()
+
+
 @dataclass(eq=False)
 class _Link:
     pool: Any
@@ -318,10 +324,19 @@ class PostgresDriver(Driver[PostgresSettings]):
                 return await asyncio.wait_for(asyncio.shield(link.lost), interval)
             except TimeoutError:
                 pass
-            try:
-                await link.pool.fetchval("SELECT 1", timeout=self.settings.connect_timeout)
-            except Exception as err:
-                if is_lost(err) or isinstance(err, TimeoutError):
+            # not awaited past the timeout: on a silent network a cancelled query's
+            # cleanup (a cancel request, the connection's reset) waits on that network
+            # too; closing the pool ends it
+            ping = asyncio.ensure_future(link.pool.fetchval("SELECT 1"))
+            done, _ = await asyncio.wait({ping}, timeout=self.settings.connect_timeout)
+            if not done:
+                ping.cancel()
+                ping.add_done_callback(_consume)
+                self.health.count("lost")
+                return f"no answer to a ping within {self.settings.connect_timeout} s"
+            err = ping.exception()
+            if err is not None:
+                if is_lost(err):
                     self.health.count("lost")
                     return _text(err)
                 self.log.debug("%s: ping failed: %s", self.label, _text(err))

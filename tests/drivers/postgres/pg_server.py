@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
@@ -102,3 +103,79 @@ async def fetch(dsn: str, sql: str, *args: object) -> list[dict[str, object]]:
         return [dict(r) for r in await conn.fetch(sql, *args)]
     finally:
         await conn.close()
+
+
+class Proxy:
+    """A TCP proxy between a client and the server that the test controls: ``pause()``
+    stops forwarding and leaves the sockets open (an unplugged cable: nothing closes,
+    nothing answers), ``resume()`` forwards again, ``cut()`` closes every connection."""
+
+    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5432)) -> None:
+        import asyncio
+
+        self.target = target
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._open = asyncio.Event()
+        self._open.set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    async def start(self) -> None:
+        import asyncio
+
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def dsn(self, dsn: str) -> str:
+        return dsn.replace("127.0.0.1:5432", f"127.0.0.1:{self.port}")
+
+    def pause(self) -> None:
+        self._open.clear()
+
+    def resume(self) -> None:
+        self._open.set()
+
+    def cut(self) -> None:
+        for w in list(self._writers):
+            w.transport.abort()
+
+    async def close(self) -> None:
+        self._closing = True
+        self._open.set()
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._tasks):
+            t.cancel()
+
+    async def _client(self, reader: Any, writer: Any) -> None:
+        import asyncio
+
+        await self._open.wait()
+        if self._closing:
+            writer.close()
+            return
+        try:
+            up_r, up_w = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_w}
+        for src, dst in ((reader, up_w), (up_r, writer)):
+            task = asyncio.get_running_loop().create_task(self._pipe(src, dst))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, src: Any, dst: Any) -> None:
+        try:
+            while data := await src.read(65536):
+                await self._open.wait()
+                dst.write(data)
+                await dst.drain()
+        except (OSError, ConnectionError):
+            pass
+        finally:
+            self._writers.discard(dst)
+            dst.close()

@@ -147,3 +147,30 @@ async def test_the_password_file_is_read_at_connect(dsn: str, tmp_path: Any) -> 
     drv = PostgresDriver("db", settings(dsn, password_file=str(pw)))
     async with drv:
         assert await drv.wait_connected(10)
+
+
+@pytest.mark.asyncio
+async def test_a_silent_network_is_noticed_by_the_ping_and_recovered(dsn: str) -> None:
+    """Between the daemon and the server a proxy stops forwarding without closing anything
+    (an unplugged cable): the ping times out, the connection is reported lost, attempts
+    fail until the path works again, then it reconnects."""
+    from pg_server import Proxy
+
+    proxy = Proxy()
+    await proxy.start()
+    drv = PostgresDriver("db", settings(proxy.dsn(dsn), connect_timeout=0.5))
+    try:
+        async with drv:
+            assert await drv.wait_connected(10)
+            proxy.pause()
+            await until(lambda: not drv.connected, what="the silent link to be noticed")
+            await until(lambda: drv.health.counters["connect_failures"] >= 1,
+                        what="an attempt through the dead path")  # fmt: skip
+            assert drv.health.state in ("unreachable", "error", "connecting")
+            proxy.resume()
+            proxy.cut()  # what the dead path still held
+            await until(lambda: drv.connected, what="the reconnect")
+            assert await drv.pool().fetchval("SELECT 1") == 1
+            assert drv.health.counters["lost"] >= 1
+    finally:
+        await proxy.close()
