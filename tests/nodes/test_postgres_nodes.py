@@ -113,6 +113,40 @@ async def test_columns_from_message_paths_and_the_message_time(rig: Rig) -> None
     assert stats(rig.engine, "f3", "n")["hypertable"] is False  # no TimescaleDB here
 
 
+STAND_IN = """
+CREATE SCHEMA timescaledb_information;
+CREATE TABLE ts_calls (rel regclass, col name, if_not_exists boolean, migrate_data boolean);
+CREATE VIEW timescaledb_information.hypertables AS
+  SELECT n.nspname AS hypertable_schema, c.relname AS hypertable_name FROM ts_calls t
+  JOIN pg_class c ON c.oid = t.rel JOIN pg_namespace n ON n.oid = c.relnamespace;
+CREATE FUNCTION create_hypertable(relation regclass, time_column_name name,
+    if_not_exists boolean DEFAULT false, migrate_data boolean DEFAULT false)
+  RETURNS void LANGUAGE sql AS
+  $$ INSERT INTO ts_calls VALUES (relation, time_column_name, if_not_exists, migrate_data) $$;
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_hypertable_is_made_when_timescaledb_is_there(rig: Rig) -> None:
+    """TimescaleDB is not packaged for Debian 12, so the database gets a stand-in with its
+    create_hypertable signature and hypertables view, and the driver is told the extension
+    is installed (what pg_extension says on a server that has it)."""
+    await execute(rig.dsn, STAND_IN)
+    drv = await rig.conns.get("postgres", "default")
+    assert await drv.wait_connected(10)
+    assert drv.timescaledb is None  # detected: not installed here
+    drv._link.timescaledb = "2.14.2"
+    await deploy(rig.engine, pg("fh", columns={"id": "payload.id"}, time_column="at",
+                                flush_interval=0.05))  # fmt: skip
+    rig.send("fh", {"id": 1})
+    await until(lambda: stats(rig.engine, "fh", "n")["written"] == 1, what="the row")
+    assert stats(rig.engine, "fh", "n")["hypertable"] is True
+    calls = await rig.rows("SELECT rel::text AS rel, col, if_not_exists, migrate_data"
+                           " FROM ts_calls")  # fmt: skip
+    assert calls == [{"rel": "grades", "col": "at", "if_not_exists": True, "migrate_data": True}]
+    assert (await drv.table("grades", refresh=True)).hypertable  # and it is read back as one
+
+
 @pytest.mark.asyncio
 async def test_rows_the_database_refuses_go_to_the_error_port_alone(rig: Rig) -> None:
     await deploy(rig.engine, pg("f4", flush_interval=0.05, copy_min_rows=2))
