@@ -8,6 +8,11 @@ listed in the report, never dropped silently. Config nodes (mqtt-broker, serial-
 modbus-client) become the ``[KIND.NAME]`` sections of mechaway's config, given as TOML.
 
 Nothing is deployed: the result is for a person (or the editor) to review.
+
+Over 800 lines on purpose: half of it is one small mapping function per Node-RED node
+type, read side by side with Node-RED's field names; the importer that walks tabs, wires
+and links is the other half. Splitting them would only move the table away from its one
+user.
 """
 
 from __future__ import annotations
