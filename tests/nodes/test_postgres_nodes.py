@@ -367,16 +367,22 @@ def post(url: str, body: Any) -> int:
 
 
 @pytest.mark.asyncio
-async def test_the_grading_example_webhook_in_rows_out_across_a_database_outage(
+async def test_the_grading_example_webhook_in_rows_out_across_a_database_restart(
     tmp_path: Path,
 ) -> None:
     """configs/examples/grading.json as written: POST /webhook/wf-grading/grade -> map ->
-    Lua grade -> PostgresNode table grades. In the middle the database ends every session
-    and refuses new ones (what its clients see of a restart); the hooks still answer 202,
-    the rows are held and land once it is back."""
+    Lua grade -> PostgresNode table grades, against a PostgreSQL server of the test's own
+    that is stopped (fast shutdown: its sessions are ended) and started again in the
+    middle. The hooks still answer 202 while it is down, the rows are held and land once
+    it is back; status says what happened meanwhile."""
+    from pg_server import PrivateCluster
+
     from mechaway.testing.daemon import DaemonProc
 
-    async with fresh_database() as dsn:
+    server = PrivateCluster()
+    server.start()
+    try:
+        dsn = server.dsn
         await execute(dsn, "CREATE TABLE grades (id integer NOT NULL, score numeric NOT NULL,"
                       " grade text NOT NULL, graded_at timestamptz NOT NULL DEFAULT now())")
         d = DaemonProc(tmp_path, config=f'[postgres.default]\ndsn = "{dsn}"\n'
@@ -396,7 +402,7 @@ async def test_the_grading_example_webhook_in_rows_out_across_a_database_outage(
                 return int(flow["nodes"]["n4"].get("written", 0))
 
             d.wait(lambda: written() == 20, 20, "20 rows")
-            await set_allowed(dsn, False)
+            server.stop()
             d.wait(lambda: d.status()["connections"]["postgres.default"]["state"] != "connected",
                    20, "the outage in status")  # fmt: skip
             for i in range(21, 41):
@@ -406,7 +412,7 @@ async def test_the_grading_example_webhook_in_rows_out_across_a_database_outage(
             st = d.status()
             assert any(p.startswith("postgres.default") for p in st["problems"]), st["problems"]
             assert st["flows"]["wf-grading"]["nodes"]["n4"]["state"] == "holding: database away"
-            await set_allowed(dsn, True)
+            server.start()
             d.wait(lambda: written() == 40, 30, "the held rows written")
             rows = await fetch(dsn, "SELECT id, score, grade FROM grades ORDER BY id")
             assert [r["id"] for r in rows] == list(range(1, 41))
@@ -416,6 +422,8 @@ async def test_the_grading_example_webhook_in_rows_out_across_a_database_outage(
             assert letters[1] == "F" and scores[1] == 7
             n3 = d.flow_status("wf-grading")["nodes"]["n3"]
             assert n3["errors"] == 1 and "expected {id, score 0-100}" in n3["last_error"]
+            assert d.status()["connections"]["postgres.default"]["reconnects"] >= 1
         finally:
-            await set_allowed(dsn, True)
             assert d.terminate() == 0
+    finally:
+        server.close()

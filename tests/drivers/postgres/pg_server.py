@@ -179,3 +179,55 @@ class Proxy:
         finally:
             self._writers.discard(dst)
             dst.close()
+
+
+class PrivateCluster:
+    """A PostgreSQL server of the test's own (initdb into a temp dir, its own port), so a
+    test can really stop and start it without touching the machine's shared server.
+    Runs as the ``postgres`` user (initdb refuses root); trust auth on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        import glob
+        import socket
+        import tempfile
+
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not bins:
+            raise RuntimeError("no PostgreSQL server binaries: .ci/run installs postgresql")
+        self.bin = Path(bins[-1]).parent
+        # in /tmp itself: pytest's own temp dirs are root's, closed to the postgres user
+        self.root = Path(tempfile.mkdtemp(prefix="mechaway-pg-"))
+        shutil.chown(self.root, "postgres", "postgres")
+        self.dir = self.root / "data"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self._as_postgres(str(self.bin / "initdb"), "-D", str(self.dir), "-U", "postgres",
+                          "--auth=trust", "-E", "UTF8", "--no-sync")  # fmt: skip
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_postgres(self, *cmd: str) -> None:
+        out = subprocess.run(["runuser", "-u", "postgres", "--", *cmd], capture_output=True,
+                             text=True, check=False)  # fmt: skip
+        if out.returncode != 0:
+            raise RuntimeError(f"{cmd[0]} failed: {out.stdout}{out.stderr}")
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.dir), "-o", opts, "-w",
+                          "-l", str(self.dir / "server.log"), "start")  # fmt: skip
+
+    def stop(self) -> None:
+        """A fast shutdown: sessions are ended (57P01), then nothing listens."""
+        self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.dir), "-m", "fast", "-w",
+                          "stop")  # fmt: skip
+
+    def close(self) -> None:
+        """Stop it if it runs; delete its files."""
+        subprocess.run(["runuser", "-u", "postgres", "--", str(self.bin / "pg_ctl"), "-D",
+                        str(self.dir), "-m", "immediate", "stop"],
+                       capture_output=True, check=False)  # fmt: skip
+        shutil.rmtree(self.root, ignore_errors=True)
