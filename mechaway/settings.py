@@ -485,6 +485,11 @@ def load_settings(path: str | Path | None = None, *, env: dict[str, str] | None 
     env = dict(os.environ) if env is None else env
     source = str(path) if path is not None else env.get(CONFIG_ENV)
     if source is None and SYSTEM_CONFIG.is_file():  # the service's, where installed
+        if not os.access(SYSTEM_CONFIG, os.R_OK):
+            raise ConfigError(
+                f"{SYSTEM_CONFIG}: the service's config, readable by root and the mechaway"
+                " group only: run with sudo, or name another with --config"
+            )
         source = str(SYSTEM_CONFIG)
     places = _Places(source or None)
     raw = _read_toml(Path(source)) if source else {}
