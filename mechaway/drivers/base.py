@@ -695,13 +695,14 @@ class _Transaction:
         bus = self._bus
         await bus._lock.acquire()
         if bus.gap:
-            wait = bus._last_end + bus.gap - time.monotonic()
-            if wait > 0:
-                try:
+            try:
+                # a loop's timers may fire up to a millisecond early (uvloop counts whole
+                # ms): the gap is a device's need, so wait again for what is left
+                while (wait := bus._last_end + bus.gap - time.monotonic()) > 0:
                     await asyncio.sleep(wait)
-                except BaseException:  # cancelled while waiting: the bus is free again
-                    bus._lock.release()
-                    raise
+            except BaseException:  # cancelled while waiting: the bus is free again
+                bus._lock.release()
+                raise
 
     async def __aexit__(
         self,
