@@ -698,7 +698,7 @@ class _Transaction:
             try:
                 # a loop's timers may fire up to a millisecond early (uvloop counts whole
                 # ms): the gap is a device's need, so wait again for what is left
-                while (wait := bus._last_end + bus.gap - time.monotonic()) > 0:
+                while (wait := bus._last_end + bus.gap - time.monotonic()) > 0:  # noqa: ASYNC110
                     await asyncio.sleep(wait)
             except BaseException:  # cancelled while waiting: the bus is free again
                 bus._lock.release()
