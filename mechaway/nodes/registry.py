@@ -28,24 +28,40 @@ N = TypeVar("N", bound=type[Node])
 _TYPES: dict[str, type[Node]] = {}
 _ORIGIN: dict[str, str] = {}
 
-#: modules holding the built-in node types, imported on first use of the registry
-BUILTIN_MODULES = (
-    "mechaway.nodes.inject",
-    "mechaway.nodes.transform",
-    "mechaway.nodes.timing",
-    "mechaway.nodes.debug",
-    "mechaway.nodes.mqtt",
-    "mechaway.nodes.logic",
-    "mechaway.nodes.storage",
-    "mechaway.nodes.modbus",
-    "mechaway.nodes.shaping",
-    "mechaway.nodes.gpio",
-    "mechaway.nodes.i2c",
-    "mechaway.nodes.serial",
-    "mechaway.nodes.http",
-    "mechaway.nodes.websocket",
-    "mechaway.nodes.postgres",
-)
+#: the built-in node types and the module that defines each: a flow imports only the
+#: modules of the types it names (a Pi running an MQTT flow never loads the serial,
+#: Modbus or PostgreSQL nodes). tests/nodes/test_registry.py holds it to the modules.
+BUILTIN_TYPES: dict[str, str] = {
+    "InjectNode": "mechaway.nodes.inject",
+    **dict.fromkeys(
+        ("ChangeNode", "DeadbandNode", "FilterNode", "JSONTransformNode", "RouteNode"),
+        "mechaway.nodes.transform",
+    ),
+    **dict.fromkeys(
+        ("DebounceNode", "DelayNode", "RateLimitNode", "WindowNode"), "mechaway.nodes.timing"
+    ),
+    "LogNode": "mechaway.nodes.debug",
+    **dict.fromkeys(("MQTTInNode", "MQTTOutNode"), "mechaway.nodes.mqtt"),
+    **dict.fromkeys(("FunLogicNode", "WASMNode"), "mechaway.nodes.logic"),
+    **dict.fromkeys(
+        ("KVGetNode", "KVSetNode", "StoreNode", "UpstreamNode", "VectorQueryNode",
+         "VectorStoreNode"),
+        "mechaway.nodes.storage",
+    ),
+    **dict.fromkeys(("ModbusReadNode", "ModbusWriteNode"), "mechaway.nodes.modbus"),
+    **dict.fromkeys(("RangeNode", "TriggerNode"), "mechaway.nodes.shaping"),
+    **dict.fromkeys(("GPIOInNode", "GPIOOutNode", "PWMOutNode"), "mechaway.nodes.gpio"),
+    **dict.fromkeys(("I2CReadNode", "I2CWriteNode"), "mechaway.nodes.i2c"),
+    **dict.fromkeys(("SerialInNode", "SerialOutNode"), "mechaway.nodes.serial"),
+    **dict.fromkeys(
+        ("HTTPRequestNode", "HTTPResponseNode", "WebhookNode"), "mechaway.nodes.http"
+    ),
+    **dict.fromkeys(("WebSocketInNode", "WebSocketOutNode"), "mechaway.nodes.websocket"),
+    **dict.fromkeys(("PostgresNode", "PostgresQueryNode"), "mechaway.nodes.postgres"),
+}
+
+#: modules holding the built-in node types (all of them: listings, unknown names)
+BUILTIN_MODULES = tuple(dict.fromkeys(BUILTIN_TYPES.values()))
 
 
 class DuplicateNodeType(MechawayError):
@@ -97,7 +113,16 @@ def _load_plugins() -> None:
 
 def get_node_type(name: str) -> type[Node] | None:
     """The class registered as ``name`` (built-in, pack or plugin), or ``None``."""
-    _ensure_builtins()
+    cls = _TYPES.get(name)
+    if cls is not None:
+        return cls
+    module = BUILTIN_TYPES.get(name)
+    if module is not None:  # a built-in: its own module only
+        importlib.import_module(module)
+        cls = _TYPES.get(name)
+        if cls is not None:
+            return cls
+    _ensure_builtins()  # a name we do not know: every built-in, then the plugins
     cls = _TYPES.get(name)
     if cls is None:
         _load_plugins()

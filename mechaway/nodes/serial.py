@@ -11,7 +11,6 @@ ts, error: {node, type, kind, message}}``. The port's framer has already resynch
 from __future__ import annotations
 
 import base64
-import csv
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -153,6 +152,8 @@ def make_decoder(params: SerialInParams, framing: str) -> Callable[[bytes], Any]
         return json_line
     numbers = params.numbers
     if decode == "csv":
+        import csv  # only flows that read CSV pay for it
+
         delim = params.delimiter
         columns = params.columns
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import re
 import tomllib
-from importlib import resources
+from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
@@ -66,9 +66,14 @@ class Profile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
         plan(self.reads, max_gap=self.max_gap, max_registers=self.max_registers)
 
 
+#: the shipped profiles (package data beside this module; pathlib, not importlib.resources,
+#: whose import brings tempfile, shutil, bz2 and lzma: ~2 MB of a Pi's RSS for nothing)
+_PROFILES = Path(__file__).resolve().parent / "profiles"
+
+
 def available() -> list[str]:
     """Names of the profiles shipped with mechaway."""
-    root = resources.files(__package__ or "mechaway.drivers.modbus") / "profiles"
+    root = _PROFILES
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
 
 
@@ -77,7 +82,7 @@ def load(name: str) -> Profile:
     """The profile ``name`` (cached); ``ProfileError`` for an unknown or invalid one."""
     if not NAME_RE.match(name):
         raise ProfileError(f"profile {name!r}: not a profile name")
-    root = resources.files(__package__ or "mechaway.drivers.modbus") / "profiles"
+    root = _PROFILES
     path = root / f"{name}.toml"
     if not path.is_file():
         raise ProfileError(f"unknown profile {name!r} (known: {', '.join(available())})")
