@@ -122,6 +122,9 @@ return {topic = msg.topic, payload = {seq = p.seq, t = p.t,
 OUT_EXTRA: dict[str, Any] = {}
 
 
+#: the daemon's API token for the run (the API always has one)
+BENCH_TOKEN = "bench-token-0123456789abcdef"
+
 def _mqtt_nodes() -> list[dict[str, Any]]:
     out = {"topic": OUT_TOPIC, "encode": "json", **OUT_EXTRA}
     return [
@@ -493,7 +496,9 @@ def _probe(port: int, timeout: float = 20.0) -> tuple[float, int]:
 
 
 def _api_status(api_port: int) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/api/v1/status", timeout=20) as r:
+    req = urllib.request.Request(f"http://127.0.0.1:{api_port}/api/v1/status")
+    req.add_header("Authorization", f"Bearer {BENCH_TOKEN}")
+    with urllib.request.urlopen(req, timeout=20) as r:
         data: dict[str, Any] = json.loads(r.read())
         return data
 
@@ -558,7 +563,7 @@ def run_variant(
         config = Path(tmp, "mechaway.toml")
         config.write_text(
             f'[device]\nid = "bench"\ndata_dir = "{tmp}/data"\n'
-            f'[api]\nlisten = "127.0.0.1:{api_port}"\nlazy = true\n'
+            f'[api]\nlisten = "127.0.0.1:{api_port}"\nlazy = true\ntoken = "{BENCH_TOKEN}"\n'
             f'[flows]\ndir = "{flows}"\n'
             f'[log]\nlevel = "warning"\n'
             f'[mqtt.default]\nhost = "127.0.0.1"\nport = {broker.port}\n'

@@ -73,6 +73,9 @@ FLOW_ID = "soak"
 # ---------------------------------------------------------------------------------------
 # The flow
 # ---------------------------------------------------------------------------------------
+#: the daemon's API token for the run (the API always has one)
+BENCH_TOKEN = "bench-token-0123456789abcdef"
+
 def flow(threshold: float) -> dict[str, Any]:
     def change(state: str) -> dict[str, Any]:
         return {
@@ -394,8 +397,9 @@ def _fds(pid: int) -> int:
 
 
 def _status(api_port: int) -> dict[str, Any]:
-    url = f"http://127.0.0.1:{api_port}/api/v1/status"
-    with urllib.request.urlopen(url, timeout=10) as r:
+    req = urllib.request.Request(f"http://127.0.0.1:{api_port}/api/v1/status")
+    req.add_header("Authorization", f"Bearer {BENCH_TOKEN}")
+    with urllib.request.urlopen(req, timeout=10) as r:
         data: dict[str, Any] = json.loads(r.read())
         return data
 
@@ -451,7 +455,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             config = Path(tmp, "mechaway.toml")
             config.write_text(
                 f'[device]\nid = "soak"\ndata_dir = "{tmp}/data"\n'
-                f'[api]\nlisten = "127.0.0.1:{api_port}"\nlazy = true\n'
+                f'[api]\nlisten = "127.0.0.1:{api_port}"\nlazy = true\ntoken = "{BENCH_TOKEN}"\n'
                 f'[flows]\ndir = "{flows}"\n'
                 f'[log]\nlevel = "warning"\n'
                 f'[mqtt.default]\nhost = "127.0.0.1"\nport = {broker.port}\n'
