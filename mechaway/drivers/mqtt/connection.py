@@ -546,7 +546,8 @@ class MqttConnection(Driver[MqttSettings]):
         """A publish made while handlers run: if our own subscriptions take ``topic`` it
         will come back as a message one round further; False: drop it, a flow that feeds
         itself went round ``_MAX_HOPS`` times (counted, logged once per burst)."""
-        if not (self._routes.get(topic) or self._route(topic)):
+        handlers = self._routes.get(topic)
+        if not (handlers if handlers is not None else self._route(topic)):
             return True
         n = self._rx_round + 1
         if n > _MAX_HOPS:
@@ -757,7 +758,10 @@ class MqttConnection(Driver[MqttSettings]):
             if len(self._good_topics) >= _ROUTE_CACHE_MAX:
                 self._good_topics.clear()
             self._good_topics.add(topic)
-        if self._rx_round >= 0 and not self._echo(topic):
+        # a publish made while handling a message may come back to us (a flow that feeds
+        # itself): only topics our subscriptions may take cost a call (hot path: cold
+        # caches make each Python call dear)
+        if self._rx_round >= 0 and self._routes.get(topic) != () and not self._echo(topic):
             return None
         if len(payload) > self.settings.max_payload_bytes:
             self._counters["tx_oversize_dropped"] += 1
