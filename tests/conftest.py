@@ -5,14 +5,19 @@ from __future__ import annotations
 import pathlib
 import shutil
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import pytest
+import pytest_asyncio
 import uvloop
 import wasmtime
 
 import mechaway.testing.nodes
+from mechaway.runtime.engine import Engine
+from mechaway.runtime.manager import FlowDirWatcher, FlowManager
+from mechaway.store.db import Database
+from mechaway.store.flows import FlowStore
 
 
 def pytest_asyncio_loop_factories(
@@ -67,3 +72,31 @@ def chaos_wasm(build_dir: pathlib.Path) -> pathlib.Path:
 @pytest.fixture(autouse=True)
 def _clear_collected() -> None:
     mechaway.testing.nodes.COLLECTED.clear()
+
+
+# --- the engine and the flows-dir watcher, in-process (runtime, flow, nodes, api tests) ---
+@pytest_asyncio.fixture
+async def engine() -> AsyncIterator[Engine]:
+    """An engine with a short stop timeout, stopped (every flow) after the test."""
+    e = Engine(stop_timeout=2.0)
+    try:
+        yield e
+    finally:
+        await e.stop()
+
+
+@pytest_asyncio.fixture
+async def watcher(tmp_path: pathlib.Path) -> AsyncIterator[FlowDirWatcher]:
+    """A flows-dir watcher on ``tmp_path/flows`` (scans only when the test asks)."""
+    db = Database(tmp_path / "mechaway.db")
+    db.open()
+    engine = Engine(stop_timeout=2.0)
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    w = FlowDirWatcher(FlowManager(engine, FlowStore(db)), flows, interval=3600)
+    try:
+        yield w
+    finally:
+        await w.stop()
+        await engine.stop()
+        await db.close()

@@ -83,3 +83,13 @@ def stats(engine: Engine, fid: str, nid: str) -> dict[str, Any]:
     """The status entry of one node (counters and node extras)."""
     entry: dict[str, Any] = engine.status()[fid]["nodes"][nid]
     return entry
+
+
+def laughs(levels: int, width: int = 10) -> str:
+    """A flow whose inject payload is a "billion laughs": ``width ** levels`` leaves."""
+    lines = ["id: f", "nodes:", "  - id: a", "    type: InjectNode", "    params:"]
+    lines += ["      once: true", "      payload:", f"        l0: &l0 [{', '.join(['x'] * width)}]"]
+    for i in range(1, levels):
+        lines.append(f"        l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]")
+    lines += ["  - {id: b, type: LogNode}", "edges:", "  - {from: a, to: b}"]
+    return "\n".join(lines) + "\n"

@@ -18,6 +18,7 @@ from mechaway.nodes.base import (
     Result,
     SinkNode,
     SinkParams,
+    SourceNode,
 )
 from mechaway.nodes.context import NodeContext
 from mechaway.nodes.registry import register_node
@@ -90,3 +91,11 @@ class CountNode(Node[NoParams]):
     def set_state(self, state: Any) -> None:
         if isinstance(state, int):
             self.count = state
+
+
+@register_node("CoreTestBadSourceNode")
+class BadSourceNode(SourceNode):
+    """A source whose hardware is missing: start() raises."""
+
+    async def start(self) -> None:
+        raise RuntimeError("no such device")

@@ -11,12 +11,10 @@ import pytest
 from mechaway.errors import FlowError
 from mechaway.flow.diff import diff
 from mechaway.flow.validate import validate
-from mechaway.nodes.base import Message, Node, NodeParams, Result, SinkNode, SourceNode
+from mechaway.nodes.base import Message, Node, NodeParams, Result, SinkNode
 from mechaway.nodes.registry import register_node
 from mechaway.runtime.engine import Engine
-from mechaway.testing.nodes import COLLECTED
-
-from .util import (
+from mechaway.testing.flows import (
     IDLE_SOURCE,
     deploy,
     doc,
@@ -29,6 +27,7 @@ from .util import (
     stats,
     wait_until,
 )
+from mechaway.testing.nodes import COLLECTED
 
 #: (event, node id, tag) from RecordNode
 EVENTS: list[tuple[str, str, int]] = []
@@ -55,14 +54,6 @@ class RecordNode(Node):
 
     def process(self, msg: Message) -> Result:
         return {**msg, "tag": self.params.tag}
-
-
-@register_node("CoreTestBadSourceNode")
-class BadSourceNode(SourceNode):
-    """A source whose hardware is missing: start() raises."""
-
-    async def start(self) -> None:
-        raise RuntimeError("no such device")
 
 
 @register_node("CoreTestBadInitNode")

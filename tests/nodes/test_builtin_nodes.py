@@ -18,8 +18,7 @@ import pytest
 from mechaway.errors import FlowError
 from mechaway.flow.validate import validate
 from mechaway.runtime.engine import Engine
-
-from .util import (
+from mechaway.testing.flows import (
     IDLE_SOURCE,
     deploy,
     doc,

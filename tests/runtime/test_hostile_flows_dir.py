@@ -362,7 +362,7 @@ def test_the_daemon_survives_a_hostile_flows_dir(daemon: DaemonProc) -> None:
 
 # -- the same files through ``mechaway validate`` -------------------------------------------------
 def test_validate_names_every_hostile_file_in_one_line_each(tmp_path: Path) -> None:
-    from .test_cli import mechaway, stderr_lines
+    from mechaway.testing.cli import mechaway, stderr_lines
 
     put(tmp_path / "x.json", bytes(range(256)))
     put(tmp_path / "empty.json", b"")
@@ -390,9 +390,8 @@ def test_validate_names_every_hostile_file_in_one_line_each(tmp_path: Path) -> N
 
 
 def test_deploy_of_a_yaml_document_json_cannot_carry_is_one_line(tmp_path: Path) -> None:
+    from mechaway.testing.cli import assert_one_line_error, mechaway
     from mechaway.testing.daemon import free_port
-
-    from .test_cli import assert_one_line_error, mechaway
 
     url = f"http://127.0.0.1:{free_port()}"  # refused before any request is made
     for text, needle in (

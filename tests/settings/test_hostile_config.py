@@ -33,9 +33,8 @@ from mechaway.settings import (
     StoreSettings,
     load_settings,
 )
+from mechaway.testing.cli import assert_one_line_error, mechaway, write
 from mechaway.testing.daemon import clean_env, free_port
-
-from .test_cli import assert_one_line_error, mechaway, write
 
 SECTIONS: dict[str, type[msgspec.Struct]] = {
     "device": DeviceSettings,

@@ -16,8 +16,7 @@ from mechaway.runtime.engine import Engine
 from mechaway.runtime.manager import FlowManager
 from mechaway.store.db import Database
 from mechaway.store.flows import FlowStore
-
-from .util import IDLE_SOURCE, doc, edge, node
+from mechaway.testing.flows import IDLE_SOURCE, doc, edge, node
 
 pytestmark = pytest.mark.asyncio
 
@@ -186,7 +185,7 @@ async def test_put_yaml_body(make_client: MakeClient) -> None:
 
 
 async def test_put_yaml_alias_bomb_is_400(make_client: MakeClient) -> None:
-    from .test_validate import laughs
+    from mechaway.testing.flows import laughs
 
     client = await make_client()
     resp = await client.put(

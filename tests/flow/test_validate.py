@@ -19,8 +19,7 @@ from mechaway.flow.parse import parse_text, read_file
 from mechaway.flow.validate import ValidFlow, find_cycle, validate
 from mechaway.nodes.context import NodeContext, Services
 from mechaway.nodes.registry import node_types, params_schema
-
-from .util import IDLE_SOURCE, doc, edge, node
+from mechaway.testing.flows import IDLE_SOURCE, doc, edge, laughs, node
 
 
 def issues_of(raw: Any, source: str = "") -> list[Issue]:
@@ -332,16 +331,6 @@ def test_self_referencing_yaml_is_rejected_by_validate() -> None:
     )
     (issue,) = issues_of(raw)
     assert issue.where == "nodes[0] (a).params"
-
-
-def laughs(levels: int, width: int = 10) -> str:
-    """A flow whose inject payload is a "billion laughs": ``width ** levels`` leaves."""
-    lines = ["id: f", "nodes:", "  - id: a", "    type: InjectNode", "    params:"]
-    lines += ["      once: true", "      payload:", f"        l0: &l0 [{', '.join(['x'] * width)}]"]
-    for i in range(1, levels):
-        lines.append(f"        l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]")
-    lines += ["  - {id: b, type: LogNode}", "edges:", "  - {from: a, to: b}"]
-    return "\n".join(lines) + "\n"
 
 
 def test_a_yaml_alias_bomb_is_refused_before_anything_walks_it() -> None:

@@ -16,9 +16,18 @@ from mechaway.runtime.engine import Engine
 from mechaway.runtime.manager import FlowManager
 from mechaway.store.db import Database
 from mechaway.store.flows import FlowStore
+from mechaway.testing.flows import (
+    IDLE_SOURCE,
+    deploy,
+    doc,
+    edge,
+    got,
+    node,
+    payloads,
+    settle,
+    wait_until,
+)
 from mechaway.testing.nodes import COLLECTED
-
-from .util import IDLE_SOURCE, deploy, doc, edge, got, node, payloads, settle, wait_until
 
 
 @register_node("RaceTestGateSourceNode")

@@ -22,9 +22,8 @@ from mechaway.runtime.engine import Engine
 from mechaway.runtime.manager import FlowManager
 from mechaway.store.db import Database
 from mechaway.store.flows import FlowStore
+from mechaway.testing.cli import assert_one_line_error
 from mechaway.testing.daemon import DaemonProc, free_port
-
-from .test_cli import assert_one_line_error
 
 
 def tiny_flow(fid: str) -> dict[str, Any]:
@@ -197,7 +196,7 @@ def test_a_tls_listener_is_reached_with_the_ca(tmp_path: Path) -> None:
 
 
 def test_an_empty_token_and_auth_none_beyond_loopback_are_errors(tmp_path: Path) -> None:
-    from .test_cli import mechaway
+    from mechaway.testing.cli import mechaway
 
     cfg = tmp_path / "m.toml"
     cfg.write_text('[api]\ntoken = ""\n')

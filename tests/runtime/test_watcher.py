@@ -12,8 +12,7 @@ import pytest
 from mechaway.nodes.base import SourceNode
 from mechaway.nodes.registry import register_node
 from mechaway.runtime.manager import FlowDirWatcher
-
-from .util import IDLE_SOURCE, doc, edge, node
+from mechaway.testing.flows import IDLE_SOURCE, doc, edge, node
 
 pytestmark = pytest.mark.asyncio
 

@@ -18,9 +18,8 @@ from mechaway.runtime.engine import Engine
 from mechaway.runtime.manager import FlowManager
 from mechaway.store.db import Database
 from mechaway.store.flows import FlowStore
-
-from .test_engine import BadSourceNode
-from .util import IDLE_SOURCE, doc, edge, node
+from mechaway.testing.flows import IDLE_SOURCE, doc, edge, node
+from mechaway.testing.nodes import BadSourceNode
 
 pytestmark = pytest.mark.asyncio
 

@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 
+from mechaway.testing.cli import assert_one_line_error, mechaway, stderr_lines
 from mechaway.testing.daemon import DaemonProc as _DaemonProc
 from mechaway.testing.daemon import free_port
-
-from .test_cli import assert_one_line_error, mechaway, stderr_lines
 
 TOKEN = "daemon-test-token"
 
