@@ -226,6 +226,19 @@ class Daemon:
         why = self.hub.problem() if self.hub is not None else None
         return [why] if why else []
 
+    def brief_status(self) -> dict[str, Any]:
+        """What the editor's events socket shows every second: problems, connections,
+        rejected files (not the store's PRAGMA reads or the plugin scan of ``status``)."""
+        file_errors = self.watcher.errors() if self.watcher else {}
+        connections = self.drivers.status()
+        flows = self.engine.status()
+        found = problems(self.db.stats(), connections, file_errors, flows)
+        return {
+            "problems": found + self._hub_problems(),
+            "connections": connections,
+            "flow_file_errors": file_errors,
+        }
+
     def status(self) -> dict[str, Any]:
         file_errors = self.watcher.errors() if self.watcher else {}
         connections = self.drivers.status()
@@ -489,6 +502,7 @@ class Daemon:
             plugins_fn=lambda: self.plugin_reports(scan=True),
             guard=self.guard(),
             started=self._started,
+            brief_status_fn=self.brief_status,
         )
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()

@@ -430,6 +430,7 @@ def make_app(
     plugins_fn: Callable[[], list[dict[str, Any]]] = list,
     guard: Guard | None = None,
     started: float | None = None,
+    brief_status_fn: StatusFn | None = None,
 ) -> web.Application:
     """The admin API application. The daemon passes its ``guard``; without one (tests of
     a bare app), ``token`` alone is checked, and no token means no auth."""
@@ -458,7 +459,10 @@ def make_app(
     r.add_post(f"{PREFIX}/import/nodered", import_nodered)
     guard_ = app[GUARD]
     hub = app[EVENTS] = EventHub(
-        manager.engine, status_fn, token, authorize=lambda t: guard_.role_of(t) is not None
+        manager.engine,
+        brief_status_fn or status_fn,  # every second while an editor is open: the cheap one
+        token,
+        authorize=lambda t: guard_.role_of(t) is not None,
     )
     r.add_get(f"{PREFIX}/events", hub.handle)
     manager.on_change.append(hub.on_change)

@@ -87,3 +87,25 @@ def test_a_daemon_lists_a_node_that_errors_on_every_message(tmp_path: Path) -> N
         assert "failing (" in found[0] and "payload is not a number" in found[0]
     finally:
         assert d.terminate() == 0
+
+
+def test_the_editors_brief_status_says_what_the_full_one_says(tmp_path: Path) -> None:
+    """The events socket reads ``brief_status`` every second an editor is open: the same
+    problems, connections and file errors as ``status``, without its costlier parts."""
+    import asyncio
+
+    from mechaway.daemon import Daemon
+    from mechaway.settings import load_settings
+
+    settings = load_settings(None, env={"MECHAWAY_DEVICE_DATA_DIR": str(tmp_path)})
+
+    async def both() -> tuple[dict[str, object], dict[str, object]]:
+        d = Daemon(settings)
+        d.db.open()
+        try:
+            return d.status(), d.brief_status()
+        finally:
+            await d.db.close()
+
+    full, brief = asyncio.run(both())
+    assert brief == {k: full[k] for k in ("problems", "connections", "flow_file_errors")}
