@@ -70,7 +70,7 @@ def test_registry_finds_kinds_and_refuses_a_second_class() -> None:
         class Other(Driver[DriverSettings]):
             pass
 
-    assert "mqtt" in registered_drivers()
+    assert "mqtt" in registered_drivers() and "fake_test" not in registered_drivers()
 
 
 def test_sections_are_validated_with_located_errors() -> None:
