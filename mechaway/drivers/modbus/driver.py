@@ -569,4 +569,12 @@ class ModbusDriver(Driver[ModbusSettings]):
             "transport": ("tcp " if self.settings.tcp else "rtu ") + self.where,
             "frame_gap": self.bus.gap,
             "units": {str(n): u.as_dict() for n, u in sorted(self._units.items())},
+            # read by the daemon's ``problems``: a dead unit behind a live link
+            "problems": [
+                f"unit {n} not answering since"
+                f" {time.strftime('%H:%M:%S', time.localtime(u.since))}"
+                + (f" ({u.last_error})" if u.last_error else "")
+                for n, u in sorted(self._units.items())
+                if u.dead
+            ],
         }

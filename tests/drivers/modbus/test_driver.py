@@ -131,6 +131,12 @@ async def test_a_gateway_saying_the_unit_did_not_answer_marks_it_dead(tcp_rig: R
     assert drv.status()["units"]["2"]["state"] == "not answering"
     assert not drv.ready(2)  # backing off: the next probe is later
     assert drv.ready(1) and await drv.read(1, "holding", 0, 1) == [100]
+    # the daemon's ``problems`` says so, though the link is connected
+    (problem,) = drv.status()["problems"]
+    assert problem.startswith("unit 2 not answering since ")
+    from mechaway.daemon import problems
+
+    assert problems({}, {"modbus.plc": drv.status()}, {}) == [f"modbus.plc: {problem}"]
 
 
 @pytest.mark.asyncio
