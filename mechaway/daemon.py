@@ -395,6 +395,8 @@ class Daemon:
         # first what makes a second daemon leave without touching anything: the data
         # directory's lock and the API's port
         self._check_flows_dir()
+        if self.settings.api.enabled:  # an unreadable certificate fails here, not later
+            self._ssl = self._api_ssl()
         self._lock_data_dir()
         self._api_token()
         if self.settings.api.enabled:
@@ -473,7 +475,6 @@ class Daemon:
         """
         sock = self._api_sock
         assert sock is not None
-        self._ssl = self._api_ssl()
         if not self.settings.api.lazy:
             await self._serve_api(sock)
             return

@@ -327,3 +327,16 @@ async def test_the_events_socket_takes_admin_and_read_tokens_and_checks_origin(
         "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
     })  # fmt: skip
     assert resp.status == 403
+
+
+def test_an_unreadable_certificate_fails_the_start_before_anything_runs(tmp_path: Path) -> None:
+    from mechaway.testing.cli import mechaway
+
+    cfg = tmp_path / "m.toml"
+    cfg.write_text(
+        f'[api]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'tls_cert = "{tmp_path}/missing.pem"\ntls_key = "{tmp_path}/missing.key"\n'
+    )
+    proc = mechaway("--config", str(cfg), "start", "--data-dir", str(tmp_path / "d"))
+    assert_one_line_error(proc, "api.tls_cert / api.tls_key: cannot load")
+    assert not (tmp_path / "d" / "mechaway.db").exists()
