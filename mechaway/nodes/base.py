@@ -305,3 +305,39 @@ def split_path(path: str) -> tuple[str | int, ...]:
         # ASCII digits only: str.isdigit() also accepts "²", and "--1" strips to "1"
         out.append(int(part) if _INDEX_RE.fullmatch(part) else part)
     return tuple(out)
+
+
+#: a field of a message template: ``{payload.room}``
+TEMPLATE_RE = re.compile(r"\{([^{}]+)\}")
+
+
+def compile_template(
+    template: str, fmt: Callable[[Any], str] = str, what: str = "template"
+) -> Callable[[Message], str]:
+    """``"site/{payload.room}/temp"`` -> a function rendering it from a message: each
+    ``{path}`` is the value at that path, as ``fmt`` writes it; a missing (or null) field
+    is a ``ValueError`` naming it. A template without fields renders itself, no lookups."""
+    parts: list[str | tuple[str | int, ...]] = []
+    pos = 0
+    for m in TEMPLATE_RE.finditer(template):
+        parts.append(template[pos : m.start()])
+        parts.append(split_path(m.group(1).strip()))
+        pos = m.end()
+    parts.append(template[pos:])
+    if len(parts) == 1:
+        return lambda msg: template
+
+    def render(msg: Message) -> str:
+        out = []
+        for p in parts:
+            if isinstance(p, str):
+                out.append(p)
+                continue
+            v = get_path(msg, p)
+            if v is None:
+                raise ValueError(f"{what} template field {'.'.join(map(str, p))} is missing")
+            out.append(fmt(v))
+        return "".join(out)
+
+    return render
+

@@ -42,6 +42,7 @@ from mechaway.nodes.base import (
     SinkNode,
     SinkParams,
     SourceNode,
+    compile_template,
     emit_collecting,
     get_path,
     split_path,
@@ -71,7 +72,6 @@ HOP_HEADERS = frozenset({
     "upgrade", "te", "trailer", "proxy-authenticate", "proxy-connection", "date", "server",
 })  # fmt: skip
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_TEMPLATE_RE = re.compile(r"\{([^{}]+)\}")
 
 
 def normalize_path(path: str) -> str:
@@ -588,29 +588,11 @@ class HTTPRequestParams(SinkParams, kw_only=True):
 
 def compile_url(template: str) -> Callable[[Message], str]:
     """``"http://h/x/{payload.id}"`` -> a function rendering it, values percent-encoded."""
-    parts: list[str | tuple[str | int, ...]] = []
-    pos = 0
-    for m in _TEMPLATE_RE.finditer(template):
-        parts.append(template[pos : m.start()])
-        parts.append(split_path(m.group(1).strip()))
-        pos = m.end()
-    parts.append(template[pos:])
-    if len(parts) == 1:
-        return lambda msg: template
 
-    def render(msg: Message) -> str:
-        out = []
-        for p in parts:
-            if isinstance(p, str):
-                out.append(p)
-                continue
-            v = get_path(msg, p)
-            if v is None:
-                raise ValueError(f"url template field {'.'.join(map(str, p))} is missing")
-            out.append(quote(v if isinstance(v, str) else orjson.dumps(v).decode(), safe=""))
-        return "".join(out)
+    def encode(v: Any) -> str:
+        return quote(v if isinstance(v, str) else orjson.dumps(v).decode(), safe="")
 
-    return render
+    return compile_template(template, encode, "url")
 
 
 @register_node("HTTPRequestNode")

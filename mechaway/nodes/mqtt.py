@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, ClassVar, Literal
@@ -13,12 +12,14 @@ from msgspec import Meta
 from mechaway.codec import DECODERS, ENCODERS, LENIENT_ENCODERS, Codec, describe
 from mechaway.errors import StoreUnavailable
 from mechaway.nodes.base import (
+    TEMPLATE_RE,
     Message,
     Node,
     NodeParams,
     Result,
     SourceNode,
     collecting,
+    compile_template,
     emit_collecting,
     get_path,
     receipt,
@@ -27,7 +28,7 @@ from mechaway.nodes.base import (
 from mechaway.nodes.context import NodeContext
 from mechaway.nodes.registry import register_node
 
-_TEMPLATE_RE = re.compile(r"\{([^{}]+)\}")
+_TEMPLATE_RE = TEMPLATE_RE
 
 
 _CONNECTION = Meta(
@@ -146,30 +147,7 @@ class MQTTInNode(SourceNode[MQTTInParams]):
 
 def compile_topic(template: str) -> Callable[[Message], str]:
     """``"site/{payload.room}/temp"`` -> a function rendering it from a message."""
-    parts: list[str | tuple[str | int, ...]] = []
-    pos = 0
-    for m in _TEMPLATE_RE.finditer(template):
-        parts.append(template[pos : m.start()])
-        parts.append(split_path(m.group(1).strip()))
-        pos = m.end()
-    parts.append(template[pos:])
-    if len(parts) == 1:
-        fixed = template
-        return lambda msg: fixed
-
-    def render(msg: Message) -> str:
-        out = []
-        for p in parts:
-            if isinstance(p, str):
-                out.append(p)
-            else:
-                v = get_path(msg, p)
-                if v is None:
-                    raise ValueError(f"topic template field {'.'.join(map(str, p))} is missing")
-                out.append(str(v))
-        return "".join(out)
-
-    return render
+    return compile_template(template, str, "topic")
 
 
 class MQTTOutParams(NodeParams):
