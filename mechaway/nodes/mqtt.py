@@ -28,9 +28,6 @@ from mechaway.nodes.base import (
 from mechaway.nodes.context import NodeContext
 from mechaway.nodes.registry import register_node
 
-_TEMPLATE_RE = TEMPLATE_RE
-
-
 _CONNECTION = Meta(
     description="name of the [mqtt.NAME] connection (default: 127.0.0.1:1883 unless configured)"
 )
@@ -178,14 +175,14 @@ class MQTTOutParams(NodeParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        literal = _TEMPLATE_RE.sub("", self.topic)
+        literal = TEMPLATE_RE.sub("", self.topic)
         if "+" in literal or "#" in literal:
             raise ValueError("a publish topic cannot contain + or #")
         if "{" in literal or "}" in literal:  # alarms/{payload.room: a typo, not a topic
             raise ValueError(
                 "unbalanced { or } in the topic template (a field is {name} or {a.b})"
             )
-        for m in _TEMPLATE_RE.finditer(self.topic):
+        for m in TEMPLATE_RE.finditer(self.topic):
             if not m.group(1).strip():
                 raise ValueError("an empty {} in the topic template names no field")
 
@@ -223,8 +220,8 @@ class MQTTOutNode(Node[MQTTOutParams]):
             if not issubclass(node.cls, cls):
                 continue
             out = node.params
-            fixed = not _TEMPLATE_RE.search(out.topic)
-            pieces = _TEMPLATE_RE.split(out.topic)  # text, field, text, ...
+            fixed = not TEMPLATE_RE.search(out.topic)
+            pieces = TEMPLATE_RE.split(out.topic)  # text, field, text, ...
             parts = [p if i % 2 == 0 else None for i, p in enumerate(pieces)]
             for in_id, src in ins:
                 if src.connection != out.connection:
@@ -248,7 +245,7 @@ class MQTTOutNode(Node[MQTTOutParams]):
         super().__init__(node_id, params, ctx)
         self._topic = compile_topic(params.topic)
         #: a topic without fields, checked by the params: no rendering, no check per message
-        self._fixed = params.topic if not _TEMPLATE_RE.search(params.topic) else None
+        self._fixed = params.topic if not TEMPLATE_RE.search(params.topic) else None
         self._keys = split_path(params.property)
         #: the usual ``property``: one key (``payload``), read without get_path
         key = self._keys[0] if len(self._keys) == 1 else None
