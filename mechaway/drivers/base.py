@@ -54,7 +54,7 @@ from typing import Annotated, Any, ClassVar, Generic, Protocol, TypeVar
 
 import msgspec
 
-from mechaway.errors import ConfigError, MechawayError, located
+from mechaway.errors import ConfigError, MechawayError, NotConnected, located
 from mechaway.logs import BurstLog
 from mechaway.tasks import OwnedTask
 
@@ -231,6 +231,17 @@ class Driver(Generic[S]):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    async def _await_up(self, up: asyncio.Event, timeout: float) -> None:
+        """Until ``up`` is set (the link is up); ``NotConnected`` naming the last error
+        after ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(up.wait(), timeout)
+        except TimeoutError:
+            raise NotConnected(
+                f"{self.label}: not connected after {timeout} s "
+                f"({self.health.last_error or 'connecting'})"
+            ) from None
 
     def status(self) -> dict[str, Any]:
         """JSON-ready: the common shape, plus what the kind adds (``extra_status``)."""

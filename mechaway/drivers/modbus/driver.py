@@ -366,13 +366,7 @@ class ModbusDriver(Driver[ModbusSettings]):
 
     async def wait_connected(self, timeout: float) -> None:
         """Until the link is up; ``NotConnected`` after ``timeout`` seconds."""
-        try:
-            await asyncio.wait_for(self._up.wait(), timeout)
-        except TimeoutError:
-            raise NotConnected(
-                f"{self.label}: not connected after {timeout} s "
-                f"({self.health.last_error or 'connecting'})"
-            ) from None
+        await self._await_up(self._up, timeout)
 
     async def first_link(self) -> None:
         """While the very first connection attempt is in progress, wait for it (at most

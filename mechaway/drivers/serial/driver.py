@@ -327,13 +327,7 @@ class SerialDriver(Driver[SerialSettings]):
 
     async def wait_connected(self, timeout: float) -> None:
         """Until the port is open; ``NotConnected`` after ``timeout`` seconds."""
-        try:
-            await asyncio.wait_for(self._up.wait(), timeout)
-        except TimeoutError:
-            raise NotConnected(
-                f"{self.label}: not connected after {timeout} s "
-                f"({self.health.last_error or 'connecting'})"
-            ) from None
+        await self._await_up(self._up, timeout)
 
     def _open_port(self) -> tuple[Any, str]:
         """On the bus thread: open and configure the port (blocking calls)."""
