@@ -12,7 +12,7 @@ Speed matters here (a USB CDC link carries ~25,000 frames/s): splitting is done 
 from __future__ import annotations
 
 import binascii
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 
 import msgpack
 import orjson
@@ -134,13 +134,13 @@ def _check_limit(max_frame: int) -> int:
     return max_frame
 
 
-class LineFramer:
-    """``line`` framing: frames end at ``\\n``; one trailing ``\\r`` is removed; empty lines
-    are skipped; a line longer than ``max_frame`` is one ``oversize`` error and is
-    dropped up to its newline. Holds at most ``max_frame + 1`` bytes between reads."""
+class _DelimitedFramer:
+    """What both framings share: frames end at one delimiter byte; a partial frame is held
+    between reads; after an oversize frame, bytes are dropped up to the next delimiter
+    (resynchronised)."""
 
     __slots__ = ("_buf", "_dropping", "max_frame")
-    framing: Final = "line"
+    DELIM: ClassVar[bytes]
 
     def __init__(self, max_frame: int = MAX_FRAME_LIMIT) -> None:
         self.max_frame = _check_limit(max_frame)
@@ -157,17 +157,40 @@ class LineFramer:
         self._buf = b""
         self._dropping = False
 
-    def feed(self, data: bytes) -> list[bytes | FrameError]:
-        """Split ``data`` (appended to what is held) into frames and errors, in order."""
+    def _split(self, data: bytes) -> tuple[list[bytes], bytes]:
+        """The complete frames in what is held + ``data`` (after any oversize frame being
+        dropped), and the incomplete rest."""
         if self._dropping:
-            cut = data.find(b"\n")
+            cut = data.find(self.DELIM)
             if cut < 0:
-                return []
+                return [], b""
             self._dropping = False
             data = data[cut + 1 :]
-        buf = self._buf + data if self._buf else data
-        parts = buf.split(b"\n")
-        rest = parts.pop()
+        parts = (self._buf + data if self._buf else data).split(self.DELIM)
+        return parts, parts.pop()
+
+    def _hold(self, rest: bytes, limit: int, out: list[bytes | FrameError]) -> None:
+        """Keep ``rest`` for the next read, unless it is already over ``limit``: then it is
+        one oversize error, and what follows is dropped up to the next delimiter."""
+        if len(rest) > limit:
+            out.append(_OVERSIZE)
+            rest = b""
+            self._dropping = True
+        self._buf = rest
+
+
+class LineFramer(_DelimitedFramer):
+    """``line`` framing: frames end at ``\\n``; one trailing ``\\r`` is removed; empty lines
+    are skipped; a line longer than ``max_frame`` is one ``oversize`` error and is
+    dropped up to its newline. Holds at most ``max_frame + 1`` bytes between reads."""
+
+    __slots__ = ()
+    framing: Final = "line"
+    DELIM: ClassVar[bytes] = b"\n"
+
+    def feed(self, data: bytes) -> list[bytes | FrameError]:
+        """Split ``data`` (appended to what is held) into frames and errors, in order."""
+        parts, rest = self._split(data)
         limit = self.max_frame
         out: list[bytes | FrameError] = []
         append = out.append
@@ -177,49 +200,26 @@ class LineFramer:
             if not part:
                 continue
             append(part if len(part) <= limit else _OVERSIZE)
-        if len(rest) > limit + 1:  # room for the line and its optional \r
-            append(_OVERSIZE)
-            rest = b""
-            self._dropping = True
-        self._buf = rest
+        self._hold(rest, limit + 1, out)  # room for the line and its optional \r
         return out
 
 
-class CobsFramer:
+class CobsFramer(_DelimitedFramer):
     """``cobs`` framing: COBS(payload + CRC-16 big-endian) + 0x00. Empty frames are
     skipped; every failure is one error and ends at the next 0x00 (resynchronised)."""
 
-    __slots__ = ("_buf", "_dropping", "_enc_max", "max_frame")
+    __slots__ = ("_enc_max",)
     framing: Final = "cobs"
+    DELIM: ClassVar[bytes] = b"\x00"
 
     def __init__(self, max_frame: int = MAX_FRAME_LIMIT) -> None:
-        self.max_frame = _check_limit(max_frame)
+        super().__init__(max_frame)
         n = max_frame + 2
         self._enc_max = n + n // 254 + 1
-        self._buf = b""
-        self._dropping = False
-
-    @property
-    def pending(self) -> int:
-        """Bytes held of a frame not yet complete."""
-        return len(self._buf)
-
-    def reset(self) -> None:
-        """Forget a partial frame (a new connection starts clean)."""
-        self._buf = b""
-        self._dropping = False
 
     def feed(self, data: bytes) -> list[bytes | FrameError]:
         """Split ``data`` (appended to what is held) into frames and errors, in order."""
-        if self._dropping:
-            cut = data.find(b"\x00")
-            if cut < 0:
-                return []
-            self._dropping = False
-            data = data[cut + 1 :]
-        buf = self._buf + data if self._buf else data
-        parts = buf.split(b"\x00")
-        rest = parts.pop()
+        parts, rest = self._split(data)
         enc_max = self._enc_max
         out: list[bytes | FrameError] = []
         append = out.append
@@ -230,11 +230,7 @@ class CobsFramer:
                 append(_OVERSIZE)
                 continue
             append(self._decode(part))
-        if len(rest) > enc_max:
-            append(_OVERSIZE)
-            rest = b""
-            self._dropping = True
-        self._buf = rest
+        self._hold(rest, enc_max, out)
         return out
 
     def _decode(self, part: bytes) -> bytes | FrameError:
