@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from conftest import SimThread, scenario
 from mechaway_sim.runner import Simulator
 
 from mechaway.drivers.base import parse_sections
 from mechaway.drivers.gpio import GpioDriver, GpioError, GpioSettings, PinOwner
 from mechaway.testing.flows import wait_until
+
+from .conftest import SimThread, scenario
 
 PINS = """
 [[gpio]]

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from conftest import StartSim
 from hypothesis import given
 from hypothesis import strategies as st
 from mechaway_sim.i2c import CALIBRATION, bme280_adc, calibration_bytes
@@ -27,6 +26,8 @@ from mechaway.drivers.i2c.devices import (
 from mechaway.drivers.i2c.sim import SimSMBus
 from mechaway.errors import NotConnected
 from mechaway.testing.flows import wait_until
+
+from .conftest import StartSim
 
 CHIPS = """
 [[i2c]]

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from conftest import StartSim
 from mechaway_sim.runner import Simulator
 
 from mechaway.drivers.base import parse_sections
@@ -17,6 +16,8 @@ from mechaway.drivers.modbus import ModbusDriver, ModbusSettings, profiles
 from mechaway.drivers.modbus.decode import plan
 from mechaway.drivers.modbus.driver import ModbusExceptionReply, ModbusTimeout
 from mechaway.testing.flows import wait_until
+
+from .conftest import StartSim
 
 DEVICES = """
 [[modbus]]

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from conftest import StartSim, scenario
 from mechaway_sim.runner import Simulator
 
 from mechaway.testing.broker import MosquittoBroker
+
+from .conftest import StartSim, scenario
 
 SENSORS = """
 [mqtt]

@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
-from conftest import StartSim
 from mechaway_sim.runner import Simulator
 from mechaway_sim.serialdev import nmea_checksum
 
 from mechaway.drivers.base import parse_sections
 from mechaway.drivers.serial import CommandFailed, Received, SerialDriver, SerialSettings
 from mechaway.testing.flows import wait_until
+
+from .conftest import StartSim
 
 DEVICES = """
 [[serial]]

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from modbus_sim import ModbusSim, PtyLine, TcpProxy, bits, blocks, regs
 
 from mechaway.drivers.base import parse_sections
 from mechaway.drivers.modbus import ModbusDriver, ModbusSettings
+
+from .modbus_sim import ModbusSim, PtyLine, TcpProxy, bits, blocks, regs
 
 #: timings short enough for tests, long enough for a loaded 2-core machine
 FAST: dict[str, Any] = {

@@ -12,8 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import Rig, close_rig, make_rig, settings, units
-from modbus_sim import ModbusSim, bits, blocks, free_port, regs
 from pymodbus.simulator import DataType, SimData
 
 from mechaway.drivers.base import parse_sections
@@ -26,6 +24,9 @@ from mechaway.drivers.modbus import (
     plan,
 )
 from mechaway.errors import ConfigError, NotConnected
+
+from .conftest import Rig, close_rig, make_rig, settings, units
+from .modbus_sim import ModbusSim, bits, blocks, free_port, regs
 
 
 async def until(cond: Callable[[], Any], timeout: float = 15.0, what: str = "") -> None:
